@@ -1,0 +1,62 @@
+# shardcast — the whole set-up on a fresh machine is `make run` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+CACHE := .cache
+KAFKA_LIB := $(CACHE)/kafka/lib
+PROTOS := $(wildcard protos/shardcast/v1/*.proto)
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+.PHONY: all deps protos kafka-jars redis run test unit lint clean
+
+all: deps protos
+
+# Python environment: pinned requirements; a .pth puts the repo and generated/ on sys.path.
+$(VENV)/.deps: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/generated" > "$(SITE)/shardcast-dev.pth"
+	touch $@
+
+deps: $(VENV)/.deps
+
+# Stubs are generated, never committed (see README): regenerated whenever a proto changes.
+generated/.stamp: $(PROTOS) $(VENV)/.deps
+	rm -rf generated/shardcast
+	mkdir -p generated/shardcast/v1
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=generated --pyi_out=generated \
+		--grpc_python_out=generated $(PROTOS)
+	touch generated/shardcast/__init__.py generated/shardcast/v1/__init__.py $@
+
+protos: generated/.stamp
+
+# Apache Kafka broker jars, fetched once through Maven into an ignored cache.
+$(KAFKA_LIB)/.stamp: devstack/kafka/pom.xml
+	mvn -q -B -f devstack/kafka/pom.xml dependency:copy-dependencies \
+		-DincludeScope=runtime -DoutputDirectory="$(CURDIR)/$(KAFKA_LIB)"
+	touch $@
+
+kafka-jars: $(KAFKA_LIB)/.stamp
+
+redis:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server with apt"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q redis-server || \
+		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }; }
+
+run: deps protos kafka-jars redis
+	$(PY) -m devstack.run
+
+unit: deps protos
+	$(PY) -m pytest -q tests/unit
+
+test: deps protos kafka-jars redis
+	$(PY) -m pytest
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf generated/shardcast generated/.stamp .run

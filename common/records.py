@@ -1,0 +1,20 @@
+"""The record type the dispatcher and shard cores pass around.
+
+Protobuf messages stop at the gRPC adapters; the cores see only this frozen
+dataclass, so they can be tested with plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record: the routing key (token) and its opaque payload."""
+
+    token: str
+    payload: bytes
+    partition: int = 0
+    offset: int = 0
+    produce_ts_ms: int = 0

@@ -1,0 +1,232 @@
+"""The Redis registry schema, owned here and nowhere else.
+
+Keys (``ns`` is the namespace, ``shardcast`` by default, so several stacks or
+test runs can share one Redis):
+
+* ``{ns}:shards`` — set of every shard id that has registered.
+* ``{ns}:shard:{id}`` — hash (grpc, ws, started_ms, hb_ms, connections, tokens)
+  with a TTL; it exists exactly while the shard heartbeats, so its presence
+  *is* liveness.
+* ``{ns}:route:{token}`` — set of shard ids with at least one local subscriber.
+* ``{ns}:tokens:{id}`` — the inverse: tokens shard ``id`` has registered, so a
+  restarted shard (or a dispatcher's janitor) can undo a dead process's entries,
+  and a dispatcher can load the whole table in one command per shard.
+* ``{ns}:changes`` — pub/sub channel; every change to the two sets above is
+  published in the same MULTI/EXEC or script, as JSON:
+  ``{"op":"route","shard":id,"add":[…],"del":[…]}``, ``{"op":"reset","shard":id}``,
+  ``{"op":"up","shard":id}``, ``{"op":"down","shard":id}``.
+
+A dispatcher subscribes to the channel *before* loading the table, then applies
+every change it receives in order: each change sets a (token, shard) pair to a
+definite state, so replaying changes over a newer snapshot still converges.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import redis
+
+_CLEANUP = """
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local toks = redis.call('SMEMBERS', KEYS[1])
+for _, t in ipairs(toks) do redis.call('SREM', ARGV[2] .. t, ARGV[1]) end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[3], cjson.encode({op='reset', shard=ARGV[1]}))
+return #toks
+"""
+
+_HEARTBEAT = """
+local existed = redis.call('EXISTS', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return existed
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardInfo:
+    """A live shard as its heartbeat describes it."""
+
+    shard_id: str
+    grpc_addr: str
+    ws_addr: str
+    started_ms: int
+    hb_ms: int
+    connections: int
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One decoded message of the change feed."""
+
+    op: str
+    shard: str
+    add: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+def decode_change(raw: bytes | str) -> Change | None:
+    """Parse a change-feed message; None for anything malformed (ignored, never fatal)."""
+    try:
+        msg = json.loads(raw)
+        return Change(
+            op=str(msg["op"]),
+            shard=str(msg["shard"]),
+            add=tuple(str(t) for t in msg.get("add") or ()),
+            remove=tuple(str(t) for t in msg.get("del") or ()),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class Registry:
+    """Reads and writes the schema above through one redis-py client."""
+
+    def __init__(self, client: redis.Redis, namespace: str = "shardcast") -> None:
+        self.r = client
+        self.ns = namespace
+        self.channel = f"{namespace}:changes"
+        self._cleanup = client.register_script(_CLEANUP)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+
+    # -- key names -------------------------------------------------------
+    def shards_key(self) -> str:
+        return f"{self.ns}:shards"
+
+    def shard_key(self, shard_id: str) -> str:
+        return f"{self.ns}:shard:{shard_id}"
+
+    def route_key(self, token: str) -> str:
+        return f"{self.ns}:route:{token}"
+
+    def tokens_key(self, shard_id: str) -> str:
+        return f"{self.ns}:tokens:{shard_id}"
+
+    # -- shard side ------------------------------------------------------
+    def heartbeat(self, info: ShardInfo, ttl_ms: int) -> bool:
+        """Refresh the shard's liveness hash; return False if it had expired or was never set."""
+        fields = {
+            "grpc": info.grpc_addr,
+            "ws": info.ws_addr,
+            "started_ms": info.started_ms,
+            "hb_ms": info.hb_ms,
+            "connections": info.connections,
+            "tokens": info.tokens,
+        }
+        argv: list[object] = [ttl_ms, info.shard_id]
+        for k, v in fields.items():
+            argv += [k, v]
+        keys = [self.shard_key(info.shard_id), self.shards_key()]
+        return bool(self._heartbeat(keys=keys, args=argv))
+
+    def announce(self, op: str, shard_id: str) -> None:
+        """Publish a shard up/down event so dispatchers refresh liveness at once."""
+        self.r.publish(self.channel, json.dumps({"op": op, "shard": shard_id}))
+
+    def cleanup(self, shard_id: str, only_if_dead: bool = False) -> int:
+        """Remove shard_id from every route set it registered; -1 if skipped because it is live."""
+        keys = [self.tokens_key(shard_id), self.shard_key(shard_id), self.channel]
+        args = [shard_id, f"{self.ns}:route:", "1" if only_if_dead else "0"]
+        return int(self._cleanup(keys=keys, args=args))
+
+    def apply_routes(self, shard_id: str, add: Iterable[str], remove: Iterable[str]) -> None:
+        """Atomically add/remove shard_id in token route sets and announce the change."""
+        add, remove = list(add), list(remove)
+        if not add and not remove:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        for token in add:
+            pipe.sadd(self.route_key(token), shard_id)
+        for token in remove:
+            pipe.srem(self.route_key(token), shard_id)
+        if add:
+            pipe.sadd(self.tokens_key(shard_id), *add)
+        if remove:
+            pipe.srem(self.tokens_key(shard_id), *remove)
+        msg = {"op": "route", "shard": shard_id, "add": add, "del": remove}
+        pipe.publish(self.channel, json.dumps(msg, separators=(",", ":")))
+        pipe.execute()
+
+    def deregister(self, shard_id: str) -> None:
+        """Clean shutdown: drop routes, liveness and membership, then announce."""
+        self.cleanup(shard_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self.shard_key(shard_id))
+        pipe.srem(self.shards_key(), shard_id)
+        pipe.publish(self.channel, json.dumps({"op": "down", "shard": shard_id}))
+        pipe.execute()
+
+    # -- dispatcher side -------------------------------------------------
+    def load_shards(self, min_ttl_ms: int = 0) -> tuple[dict[str, ShardInfo], list[str]]:
+        """Return (live shards by id, ids registered but no longer heartbeating).
+
+        A shard whose liveness key has less than `min_ttl_ms` left counts as dead
+        already: a reader that re-reads every `min_ttl_ms` thus drops a silent
+        shard no later than its TTL, by Redis's own clock (no clock skew).
+        """
+        ids = sorted(m.decode() for m in self.r.smembers(self.shards_key()))
+        pipe = self.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hgetall(self.shard_key(sid))
+            pipe.pttl(self.shard_key(sid))
+        replies = pipe.execute()
+        live: dict[str, ShardInfo] = {}
+        dead: list[str] = []
+        for i, sid in enumerate(ids):
+            info = _shard_info(sid, replies[2 * i])
+            if info is None or 0 <= replies[2 * i + 1] < min_ttl_ms:
+                dead.append(sid)
+            else:
+                live[sid] = info
+        return live, dead
+
+    def load_routes(self, shard_ids: Iterable[str]) -> dict[str, set[str]]:
+        """Load token → shard ids from each shard's token list (one SMEMBERS per shard)."""
+        ids = list(shard_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.smembers(self.tokens_key(sid))
+        table: dict[str, set[str]] = {}
+        for sid, tokens in zip(ids, pipe.execute(), strict=True):
+            for t in tokens:
+                table.setdefault(t.decode(), set()).add(sid)
+        return table
+
+    def forget(self, shard_id: str) -> bool:
+        """Janitor: clean up a dead shard's entries unless it came back meanwhile."""
+        if self.cleanup(shard_id, only_if_dead=True) < 0:
+            return False
+        self.r.srem(self.shards_key(), shard_id)
+        return True
+
+    def route_of(self, token: str) -> set[str]:
+        """The stored route set of one token (a Redis round trip: tools and tests only)."""
+        return {m.decode() for m in self.r.smembers(self.route_key(token))}
+
+
+def _shard_info(shard_id: str, h: Mapping[bytes, bytes]) -> ShardInfo | None:
+    if not h:
+        return None
+    try:
+        return ShardInfo(
+            shard_id=shard_id,
+            grpc_addr=h[b"grpc"].decode(),
+            ws_addr=h[b"ws"].decode(),
+            started_ms=int(h[b"started_ms"]),
+            hb_ms=int(h[b"hb_ms"]),
+            connections=int(h.get(b"connections", 0)),
+            tokens=int(h.get(b"tokens", 0)),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the unit of every timestamp in the registry."""
+    return int(time.time() * 1000)

@@ -1,0 +1,99 @@
+"""Child-process helpers: free ports, readiness waits, and no orphans."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1,
+               proc: subprocess.Popen | None = None) -> None:
+    """Poll `check` until true; fail fast if `proc` exits, or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what}: not ready after {timeout_s}s")
+
+
+def http_json(url: str, timeout_s: float = 2.0) -> tuple[int, object]:
+    """GET a JSON document; returns (status, parsed body) for 2xx and error statuses alike."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the parent dies, so a killed runner leaves no orphans."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+          cwd: Path = ROOT) -> subprocess.Popen:
+    """Start a child in its own process group, output to `log_path`, tied to our lifetime."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.Popen(
+        list(cmd), stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=cwd,
+        start_new_session=True, preexec_fn=_die_with_parent,
+    )
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
+    """Signal the child's process group, wait, then SIGKILL whatever is left."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout_s)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        return proc.wait(5)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def python_cmd(*args: str) -> list[str]:
+    """Run a module with the current interpreter (the venv's, under make)."""
+    return [sys.executable, *args]

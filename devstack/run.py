@@ -1,0 +1,130 @@
+"""`make run`: the whole stack on this machine, no Docker, until Ctrl-C.
+
+Starts (unless their addresses are given) a Kafka broker and a redis-server,
+creates the ticks topic, then three shards, the dispatcher and a demo
+producer; waits until each is healthy, prints where to connect, and on Ctrl-C
+or SIGTERM stops everything it started — shards first deregister themselves,
+then any entry they could not remove is cleaned up here.
+
+Environment: SHARDCAST_KAFKA_BOOTSTRAP / SHARDCAST_REDIS_URL (use existing
+servers), RUN_SHARDS (3), RUN_PARTITIONS (6), RUN_RATE (ticks/s, 200),
+RUN_TOKENS (300), RUN_MODE (targeted), RUN_WS_PORT (first shard's WebSocket
+port, 8701), RUN_DISPATCHER_PORT (8700), SHARDCAST_TOPIC (ticks), RUN_DIR (.run: data and logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import redis
+
+from common.cli import setup_logging
+from common.registry import Registry
+from devstack.kafka_server import KafkaServer, create_topic
+from devstack.procs import ROOT, free_port, port_open
+from devstack.redis_server import RedisServer
+from devstack.stack import Common, start_dispatcher, start_producer, start_shard, stop_all
+
+log = logging.getLogger("run")
+
+
+def _port(preferred: int) -> int:
+    """The preferred port if free, else any free one (so a busy port never blocks `make run`)."""
+    return preferred if not port_open("127.0.0.1", preferred) else free_port()
+
+
+def main() -> None:
+    setup_logging("run", "local")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    env = os.environ
+    workdir = Path(env.get("RUN_DIR", ROOT / ".run"))
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    servers: list = []
+    procs = []
+    shard_ids: list[str] = []
+    urls: list[str] = []
+    try:
+        redis_url = env.get("SHARDCAST_REDIS_URL") or _start(
+            servers, RedisServer(workdir / "redis", _port(16379))).url
+        bootstrap = env.get("SHARDCAST_KAFKA_BOOTSTRAP") or _start(
+            servers, KafkaServer(workdir / "kafka", _port(19092), _port(19093))).bootstrap
+        c = Common(redis_url=redis_url, namespace="shardcast", logdir=workdir / "logs",
+                   kafka_bootstrap=bootstrap, topic=env.get("SHARDCAST_TOPIC", "ticks"))
+        create_topic(bootstrap, c.topic, int(env.get("RUN_PARTITIONS", "6")))
+        log.info("kafka=%s redis=%s topic=%s", bootstrap, redis_url, c.topic)
+        ws_base = int(env.get("RUN_WS_PORT", "8701"))
+        for i in range(int(env.get("RUN_SHARDS", "3"))):
+            sid = f"shard-{i + 1}"
+            sp = start_shard(c, sid, ws_port=_port(ws_base + i), grpc_port=_port(ws_base + 1000 + i))
+            procs.append(sp.proc)
+            shard_ids.append(sid)
+            urls.append(sp.ws_url)
+            log.info("%s healthy at %s pid=%d", sid, sp.ws_url, sp.proc.pid)
+        dp = start_dispatcher(c, "d1", mode=env.get("RUN_MODE", "targeted"),
+                              http_port=_port(int(env.get("RUN_DISPATCHER_PORT", "8700"))))
+        procs.append(dp.proc)
+        procs.append(start_producer(c, float(env.get("RUN_RATE", "200")),
+                                    int(env.get("RUN_TOKENS", "300"))))
+        log.info("dispatcher pid=%d producer pid=%d", dp.proc.pid, procs[-1].pid)
+        _banner(c, dp.http_port, urls)
+        while not stop.wait(1.0):
+            dead = [p for p in procs if p.poll() is not None]
+            if dead:
+                log.error("a process exited (%s); stopping the stack; logs in %s",
+                          [p.args[2:4] for p in dead], c.logdir)
+                break
+    finally:
+        log.info("stopping")
+        stop_all(list(reversed(procs)))
+        if shard_ids and "redis_url" in locals():
+            _scrub(redis_url, shard_ids)
+        for s in reversed(servers):
+            s.stop()
+        log.info("stopped; nothing left running")
+
+
+def _start(servers: list, server):
+    servers.append(server)
+    server.start()
+    log.info("%s pid=%d", type(server).__name__, server.proc.pid)
+    return server
+
+
+def _scrub(redis_url: str, shard_ids: list[str]) -> None:
+    """Remove registry entries of shards that could not deregister themselves."""
+    try:
+        reg = Registry(redis.Redis.from_url(redis_url, socket_timeout=2))
+        for sid in shard_ids:
+            reg.deregister(sid)
+    except redis.RedisError as exc:
+        log.warning("could not scrub registry: %s", exc)
+
+
+def _banner(c: Common, dispatcher_port: int, urls: list[str]) -> None:
+    exe = Path(sys.executable)
+    py = exe.relative_to(ROOT) if exe.is_relative_to(ROOT) else exe
+    lines = [
+        "",
+        "shardcast is up. Ctrl-C stops everything.",
+        *(f"  shard WebSocket: {u}" for u in urls),
+        f"  dispatcher status: http://127.0.0.1:{dispatcher_port}/stats",
+        f"  logs: {c.logdir}",
+        "",
+        "Watch live ticks:",
+        f"  {py} -m devstack.watch --url {urls[0]} BTC-USD ETH-USD",
+        "or with wscat:",
+        f"  wscat -c {urls[0]}   then send {{\"op\":\"subscribe\",\"tokens\":[\"BTC-USD\"]}}",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""shardcast dispatcher: Kafka → local routing table → one gRPC stream per shard."""

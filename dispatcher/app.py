@@ -1,0 +1,102 @@
+"""Dispatcher process wiring: config, registry sync, router, streams, consumer, status."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import asdict
+
+from common.cli import setup_logging
+from common.records import Record
+from dispatcher.config import DispatcherConfig, parse_args
+from dispatcher.consumer import ConsumerLoop
+from dispatcher.registry_sync import RegistrySync
+from dispatcher.routing import Router
+from dispatcher.status_http import serve
+from dispatcher.streams import ShardStreams
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Owns every component; `run()` blocks in the Kafka loop until `stop()`."""
+
+    def __init__(self, cfg: DispatcherConfig) -> None:
+        self.cfg = cfg
+        self.started = time.time()
+        self.sync = RegistrySync(cfg.redis_url, cfg.namespace, cfg.registry_refresh_s,
+                                 cfg.janitor_grace_s, cfg.backoff_cap_s)
+        self.router = Router(self.sync, cfg.mode)
+        self.streams = ShardStreams(cfg.shard_queue_records, cfg.max_batch_records,
+                                    cfg.backoff_cap_s)
+        self.loop = ConsumerLoop(cfg, self.sync, self.router, self.streams)
+        self.http = None
+
+    def run(self) -> None:
+        self.sync.start()
+        self.http = serve(self.cfg.http_host, self.cfg.http_port, {
+            "/healthz": lambda q: self._health(),
+            "/stats": lambda q: (200, self.stats()),
+            "/route": self._route,
+            "/shards": lambda q: (200, {sid: asdict(i) for sid, i in self.sync.live.items()}),
+        })
+        log.info("dispatcher up mode=%s http=%s:%d", self.cfg.mode, self.cfg.http_host,
+                 self.cfg.http_port)
+        try:
+            self.loop.run()
+        finally:
+            self.streams.stop_all()
+            self.sync.stop()
+            self.http.shutdown()
+            log.info("dispatcher stopped")
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def _health(self) -> tuple[int, object]:
+        ok = self.loop.assigned and self.sync.healthy
+        doc = {"ok": ok, "kafka_assigned": self.loop.assigned, "registry_synced": self.sync.healthy}
+        return (200 if ok else 503), doc
+
+    def _route(self, query: dict[str, list[str]]) -> tuple[int, object]:
+        token = (query.get("token") or [""])[0]
+        if not token:
+            return 400, {"error": "token query parameter required"}
+        live = self.sync.live.keys()
+        plan = Router(self.sync, self.router.mode).route([Record(token, b"")], live)
+        return 200, {"token": token, "mode": str(self.router.mode), "shards": sorted(plan)}
+
+    def stats(self) -> dict[str, object]:
+        rc = self.router.counters
+        return {
+            "dispatcher_id": self.cfg.dispatcher_id,
+            "mode": str(self.router.mode),
+            "uptime_s": round(time.time() - self.started, 3),
+            "records_consumed": self.loop.records_consumed,
+            "records_invalid": self.loop.records_invalid,
+            "records_routed": rc.records,
+            "deliveries": rc.deliveries,
+            "records_unrouted": rc.unrouted,
+            "fallback_batches": rc.fallback_batches,
+            "commits": self.loop.commits,
+            "commit_failures": self.loop.commit_failures,
+            "routing_tokens": len(self.sync.table),
+            "registry_healthy": self.sync.healthy,
+            "registry_resyncs": self.sync.resyncs,
+            "registry_changes_applied": self.sync.changes_applied,
+            "registry_sync_age_s": round(time.time() - self.sync.last_sync_s, 3),
+            "dropped_for_gone_shards": self.streams.dropped_gone,
+            "live_shards": sorted(self.sync.live),
+            "shards": self.streams.stats(),
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    setup_logging("dispatcher", cfg.dispatcher_id, cfg.log_level)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    dispatcher = Dispatcher(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: dispatcher.stop())
+    signal.signal(signal.SIGINT, lambda *_: dispatcher.stop())
+    dispatcher.run()

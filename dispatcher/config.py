@@ -1,0 +1,81 @@
+"""The dispatcher's configuration: one frozen dataclass, built from flags and env vars here only."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from dataclasses import dataclass
+
+from common.cli import add_flag, positive
+from dispatcher.routing import Mode
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    dispatcher_id: str
+    kafka_bootstrap: str
+    topic: str
+    group: str
+    offset_reset: str
+    redis_url: str
+    namespace: str
+    mode: Mode
+    http_host: str
+    http_port: int
+    max_poll_records: int
+    max_batch_records: int
+    shard_queue_records: int
+    commit_interval_s: float
+    registry_refresh_s: float
+    janitor_grace_s: float
+    backoff_cap_s: float
+    log_level: str
+
+
+def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
+    """Build the config from argv and SHARDCAST_* environment variables."""
+    p = argparse.ArgumentParser(prog="python -m dispatcher", description="shardcast dispatcher")
+    f = lambda *a, **k: add_flag(p, *a, **k)  # noqa: E731
+    f("id", "SHARDCAST_DISPATCHER_ID", socket.gethostname(), "dispatcher id (logs, Kafka client id)")
+    f("kafka-bootstrap", "SHARDCAST_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers")
+    f("topic", "SHARDCAST_TOPIC", "ticks", "Kafka topic of ticks (key = token)")
+    f("group", "SHARDCAST_GROUP", "shardcast-dispatchers", "Kafka consumer group")
+    f("offset-reset", "SHARDCAST_OFFSET_RESET", "latest", "where a new group starts",
+      choices=["latest", "earliest"])
+    f("redis-url", "SHARDCAST_REDIS_URL", "redis://127.0.0.1:6379/0", "registry Redis")
+    f("namespace", "SHARDCAST_NAMESPACE", "shardcast", "registry key prefix")
+    f("mode", "SHARDCAST_MODE", "targeted", "dispatch mode", choices=[m.value for m in Mode])
+    f("http-host", "SHARDCAST_HTTP_HOST", "127.0.0.1", "status HTTP bind address")
+    f("http-port", "SHARDCAST_HTTP_PORT", 8700, "status HTTP port (/healthz, /stats, /route)", int)
+    f("max-poll-records", "SHARDCAST_MAX_POLL_RECORDS", 5000, "records per Kafka poll", positive(int))
+    f("max-batch-records", "SHARDCAST_MAX_BATCH_RECORDS", 1000, "records per gRPC batch", positive(int))
+    f("shard-queue-records", "SHARDCAST_SHARD_QUEUE_RECORDS", 100_000,
+      "per-shard buffer before dropping oldest", positive(int))
+    f("commit-interval-s", "SHARDCAST_COMMIT_INTERVAL_S", 1.0, "offset commit period", positive(float))
+    f("registry-refresh-s", "SHARDCAST_REGISTRY_REFRESH_S", 0.5, "live-shard re-read period",
+      positive(float))
+    f("janitor-grace-s", "SHARDCAST_JANITOR_GRACE_S", 30.0,
+      "remove routes of shards dead this long", positive(float))
+    f("backoff-cap-s", "SHARDCAST_BACKOFF_CAP_S", 5.0, "longest reconnect delay", positive(float))
+    f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
+    a = p.parse_args(argv)
+    return DispatcherConfig(
+        dispatcher_id=a.id,
+        kafka_bootstrap=a.kafka_bootstrap,
+        topic=a.topic,
+        group=a.group,
+        offset_reset=a.offset_reset,
+        redis_url=a.redis_url,
+        namespace=a.namespace,
+        mode=Mode(a.mode),
+        http_host=a.http_host,
+        http_port=a.http_port,
+        max_poll_records=a.max_poll_records,
+        max_batch_records=a.max_batch_records,
+        shard_queue_records=a.shard_queue_records,
+        commit_interval_s=a.commit_interval_s,
+        registry_refresh_s=a.registry_refresh_s,
+        janitor_grace_s=a.janitor_grace_s,
+        backoff_cap_s=a.backoff_cap_s,
+        log_level=a.log_level,
+    )

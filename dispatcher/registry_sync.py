@@ -1,0 +1,132 @@
+"""Keeps the dispatcher's local routing table and live-shard set in sync with Redis.
+
+One thread: subscribe to the change feed, wait for the subscription to be
+confirmed, load the whole table, then apply changes as they arrive. Liveness is
+re-read every `refresh_s` and at once on a shard's up/down message. On any Redis
+error the table is marked unhealthy (the router then broadcasts rather than
+drop data) and the whole sequence restarts after a jittered backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from common.backoff import Backoff
+from common.registry import Registry, ShardInfo, decode_change
+from dispatcher.routing import RoutingTable
+
+log = logging.getLogger(__name__)
+
+
+class RegistrySync:
+    """The dispatcher's `RouteLookup`: local table + live shards, fed from Redis."""
+
+    def __init__(self, redis_url: str, namespace: str, refresh_s: float,
+                 janitor_grace_s: float, backoff_cap_s: float) -> None:
+        self.client = redis.Redis.from_url(
+            redis_url, socket_timeout=max(2.0, refresh_s * 4), socket_connect_timeout=2
+        )
+        self.registry = Registry(self.client, namespace)
+        self.refresh_s = refresh_s
+        self.janitor_grace_s = janitor_grace_s
+        self.backoff = Backoff(base_s=0.1, cap_s=backoff_cap_s)
+        self.table = RoutingTable()
+        self.live: dict[str, ShardInfo] = {}
+        self.last_sync_s = 0.0
+        self.changes_applied = 0
+        self.resyncs = 0
+        self._dead_since: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registry-sync", daemon=True)
+
+    # RouteLookup ------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return self.table.healthy
+
+    def shards_for(self, token: str) -> frozenset[str]:
+        return self.table.shards_for(token)
+
+    # lifecycle --------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=3)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._session()
+            except (redis.RedisError, OSError) as exc:
+                if self.table.healthy:
+                    log.warning("registry unreachable, broadcasting until it is back: %s", exc)
+                self.table.healthy = False
+            self._stop.wait(self.backoff.next_delay_s())
+
+    def _session(self) -> None:
+        pubsub = self.client.pubsub()
+        try:
+            pubsub.subscribe(self.registry.channel)
+            self._await_subscribed(pubsub)
+            self._refresh_live()
+            self.table.replace(self.registry.load_routes(self.live))
+            self.table.healthy = True
+            self.resyncs += 1
+            self.backoff.reset()
+            log.info("routing table loaded tokens=%d live_shards=%d", len(self.table), len(self.live))
+            self._follow(pubsub)
+        finally:
+            pubsub.close()
+
+    def _await_subscribed(self, pubsub: redis.client.PubSub) -> None:
+        """Only once SUBSCRIBE is confirmed can a snapshot miss no change."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=1.0)
+            if msg and msg["type"] == "subscribe":
+                return
+        raise redis.ConnectionError("no subscribe confirmation")
+
+    def _follow(self, pubsub: redis.client.PubSub) -> None:
+        next_refresh = time.monotonic() + self.refresh_s
+        while not self._stop.is_set():
+            msg = pubsub.get_message(timeout=min(0.1, self.refresh_s))
+            if msg and msg["type"] == "message":
+                self._apply(msg["data"])
+            now = time.monotonic()
+            if now >= next_refresh:
+                self._refresh_live()
+                next_refresh = now + self.refresh_s
+
+    def _apply(self, raw: bytes) -> None:
+        change = decode_change(raw)
+        if change is None:
+            log.warning("ignoring malformed change %r", raw[:200])
+            return
+        self.changes_applied += 1
+        if change.op in ("up", "down"):
+            self._refresh_live()
+        else:
+            self.table.apply(change)
+        self.last_sync_s = time.time()
+
+    def _refresh_live(self) -> None:
+        live, dead = self.registry.load_shards(min_ttl_ms=int(self.refresh_s * 1000) + 50)
+        self.live = live
+        self.last_sync_s = time.time()
+        self._janitor(dead)
+
+    def _janitor(self, dead: list[str]) -> None:
+        """Remove routes of shards dead for longer than the grace period (never restarted)."""
+        now = time.monotonic()
+        self._dead_since = {sid: self._dead_since.get(sid, now) for sid in dead}
+        for sid, since in list(self._dead_since.items()):
+            if now - since >= self.janitor_grace_s and self.registry.forget(sid):
+                log.info("janitor removed dead shard %s", sid)
+                del self._dead_since[sid]

@@ -1,0 +1,95 @@
+"""The shard's configuration: one frozen dataclass, built from flags and env vars here only."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from dataclasses import dataclass
+
+from common.cli import add_flag, positive
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    shard_id: str
+    host: str
+    ws_port: int
+    grpc_port: int
+    advertise_host: str
+    redis_url: str
+    namespace: str
+    heartbeat_s: float
+    heartbeat_ttl_s: float
+    max_connections: int
+    max_frame_bytes: int
+    max_tokens_per_request: int
+    max_subscriptions_per_client: int
+    requests_per_s: float
+    request_burst: int
+    outbox_frames: int
+    write_timeout_s: float
+    ingest_window_batches: int
+    ack_timeout_s: float
+    log_level: str
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"{self.advertise_host}:{self.grpc_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.advertise_host}:{self.ws_port}/ws"
+
+
+def parse_args(argv: list[str] | None = None) -> ShardConfig:
+    """Build the config from argv and SHARDCAST_* environment variables."""
+    p = argparse.ArgumentParser(prog="python -m shard", description="shardcast WebSocket shard")
+    f = lambda *a, **k: add_flag(p, *a, **k)  # noqa: E731
+    f("id", "SHARDCAST_SHARD_ID", socket.gethostname(), "shard id, unique in the cluster")
+    f("host", "SHARDCAST_HOST", "127.0.0.1", "address to bind the WebSocket and gRPC servers")
+    f("ws-port", "SHARDCAST_WS_PORT", 8701, "WebSocket/HTTP port", int)
+    f("grpc-port", "SHARDCAST_GRPC_PORT", 9701, "gRPC ingest port", int)
+    f("advertise-host", "SHARDCAST_ADVERTISE_HOST", "",
+      "host published in the registry (default: --host)")
+    f("redis-url", "SHARDCAST_REDIS_URL", "redis://127.0.0.1:6379/0", "registry Redis")
+    f("namespace", "SHARDCAST_NAMESPACE", "shardcast", "registry key prefix")
+    f("heartbeat-s", "SHARDCAST_HEARTBEAT_S", 1.0, "heartbeat period", positive(float))
+    f("heartbeat-ttl-s", "SHARDCAST_HEARTBEAT_TTL_S", 5.0, "liveness TTL", positive(float))
+    f("max-connections", "SHARDCAST_MAX_CONNECTIONS", 15000, "refuse upgrades (503) beyond", positive(int))
+    f("max-frame-bytes", "SHARDCAST_MAX_FRAME_BYTES", 16384, "largest inbound frame", positive(int))
+    f("max-tokens-per-request", "SHARDCAST_MAX_TOKENS_PER_REQUEST", 100, "tokens in one request",
+      positive(int))
+    f("max-subscriptions", "SHARDCAST_MAX_SUBSCRIPTIONS", 1000, "tokens per connection", positive(int))
+    f("requests-per-s", "SHARDCAST_REQUESTS_PER_S", 20.0, "sustained client request rate", positive(float))
+    f("request-burst", "SHARDCAST_REQUEST_BURST", 40, "client request burst", positive(int))
+    f("outbox-frames", "SHARDCAST_OUTBOX_FRAMES", 2048, "per-client queue before disconnect", positive(int))
+    f("write-timeout-s", "SHARDCAST_WRITE_TIMEOUT_S", 10.0, "stuck write before disconnect", positive(float))
+    f("ingest-window", "SHARDCAST_INGEST_WINDOW", 32, "unacked batches a dispatcher may send", positive(int))
+    f("ack-timeout-s", "SHARDCAST_ACK_TIMEOUT_S", 2.0,
+      "max wait for registry before a subscribe ack", positive(float))
+    f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
+    a = p.parse_args(argv)
+    if a.heartbeat_ttl_s < 2 * a.heartbeat_s:
+        p.error("--heartbeat-ttl-s must be at least twice --heartbeat-s")
+    return ShardConfig(
+        shard_id=a.id,
+        host=a.host,
+        ws_port=a.ws_port,
+        grpc_port=a.grpc_port,
+        advertise_host=a.advertise_host or a.host,
+        redis_url=a.redis_url,
+        namespace=a.namespace,
+        heartbeat_s=a.heartbeat_s,
+        heartbeat_ttl_s=a.heartbeat_ttl_s,
+        max_connections=a.max_connections,
+        max_frame_bytes=a.max_frame_bytes,
+        max_tokens_per_request=a.max_tokens_per_request,
+        max_subscriptions_per_client=a.max_subscriptions,
+        requests_per_s=a.requests_per_s,
+        request_burst=a.request_burst,
+        outbox_frames=a.outbox_frames,
+        write_timeout_s=a.write_timeout_s,
+        ingest_window_batches=a.ingest_window,
+        ack_timeout_s=a.ack_timeout_s,
+        log_level=a.log_level,
+    )

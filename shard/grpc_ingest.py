@@ -1,0 +1,57 @@
+"""gRPC adapter for the ingest stream: protobuf in, `Record`s to the core, acks out.
+
+The only shard module that imports generated code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import grpc
+from shardcast.v1 import ingest_pb2, ingest_pb2_grpc
+
+from common.records import Record
+from shard.ingest import IngestCore
+
+log = logging.getLogger(__name__)
+SHARD_ID_METADATA = "x-shardcast-shard-id"
+
+
+class IngestServicer(ingest_pb2_grpc.ShardIngestServicer):
+    """Serves `ShardIngest.Deliver`: one call per connected dispatcher."""
+
+    def __init__(self, shard_id: str, core: IngestCore, window: int, counters: dict[str, int]) -> None:
+        self.shard_id = shard_id
+        self.core = core
+        self.window = window
+        self.counters = counters
+
+    def Deliver(  # noqa: N802 (gRPC method name)
+        self, request_iterator: Iterator[ingest_pb2.DeliveryBatch], context: grpc.ServicerContext
+    ) -> Iterator[ingest_pb2.IngestAck]:
+        expected = dict(context.invocation_metadata()).get(SHARD_ID_METADATA)
+        if expected and expected != self.shard_id:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this is shard {self.shard_id!r}, not {expected!r}",
+            )
+        self.counters["ingest_streams"] += 1
+        log.info("ingest stream opened peer=%s", context.peer())
+        try:
+            yield ingest_pb2.IngestAck(acked_seq=0, window=self.window, shard_id=self.shard_id)
+            for batch in request_iterator:
+                self.counters["batches_received"] += 1
+                self.core.handle(
+                    Record(r.token, r.payload, r.partition, r.offset, r.produce_ts_ms)
+                    for r in batch.records
+                )
+                yield ingest_pb2.IngestAck(acked_seq=batch.seq, shard_id=self.shard_id)
+        finally:
+            self.counters["ingest_streams"] -= 1
+            log.info("ingest stream closed peer=%s", context.peer())
+
+
+def add_to_server(servicer: IngestServicer, server: grpc.Server) -> None:
+    """Register the servicer (keeps generated code out of the wiring module)."""
+    ingest_pb2_grpc.add_ShardIngestServicer_to_server(servicer, server)

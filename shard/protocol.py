@@ -1,0 +1,167 @@
+"""Client protocol: parse requests and encode frames. Pure functions, no I/O.
+
+Requests (JSON text frames), each with an optional ``id`` echoed in the reply:
+``{"op":"subscribe","tokens":[...]}``, ``{"op":"unsubscribe","tokens":[...]}``,
+``{"op":"ping"}``. Replies: ``subscribed`` / ``unsubscribed`` / ``pong`` acks,
+``tick`` frames, and ``error`` frames with a stable code from `shard.codes`.
+
+Tick frames are encoded once per record and the same bytes are written to
+every subscriber: `tick_frame` returns a complete WebSocket frame.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+from dataclasses import dataclass
+
+from shard.codes import ErrorCode
+
+TOKEN_RE = re.compile(r"[A-Za-z0-9._:/\-]{1,64}")
+MAX_ID_CHARS = 64
+OP_TEXT = 0x1
+OP_CLOSE = 0x8
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    tokens: tuple[str, ...]
+    req_id: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    tokens: tuple[str, ...]
+    req_id: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    req_id: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolError:
+    code: ErrorCode
+    message: str
+    req_id: int | str | None = None
+
+
+Request = Subscribe | Unsubscribe | Ping
+
+
+def parse_request(text: str, max_tokens: int) -> Request | ProtocolError:
+    """Turn one inbound text frame into a request, or the error to send back."""
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        return ProtocolError(ErrorCode.INVALID_JSON, "frame is not valid JSON")
+    if not isinstance(msg, dict):
+        return ProtocolError(ErrorCode.NOT_AN_OBJECT, "request must be a JSON object")
+    req_id = msg.get("id")
+    if req_id is not None and not _valid_id(req_id):
+        return ProtocolError(ErrorCode.BAD_REQUEST, "id must be an integer or a short string")
+    op = msg.get("op")
+    if op == "ping":
+        return Ping(req_id)
+    if op not in ("subscribe", "unsubscribe"):
+        if not isinstance(op, str):
+            return ProtocolError(ErrorCode.BAD_REQUEST, "op must be a string", req_id)
+        return ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op[:32]!r}", req_id)
+    tokens = _parse_tokens(msg.get("tokens"), max_tokens, req_id)
+    if isinstance(tokens, ProtocolError):
+        return tokens
+    return Subscribe(tokens, req_id) if op == "subscribe" else Unsubscribe(tokens, req_id)
+
+
+def _valid_id(req_id: object) -> bool:
+    if isinstance(req_id, bool):
+        return False
+    if isinstance(req_id, int):
+        return abs(req_id) < 2**53
+    return isinstance(req_id, str) and len(req_id) <= MAX_ID_CHARS
+
+
+def _parse_tokens(
+    raw: object, max_tokens: int, req_id: int | str | None
+) -> tuple[str, ...] | ProtocolError:
+    if not isinstance(raw, list) or not raw:
+        return ProtocolError(ErrorCode.BAD_REQUEST, "tokens must be a non-empty list", req_id)
+    if len(raw) > max_tokens:
+        return ProtocolError(
+            ErrorCode.TOO_MANY_TOKENS, f"at most {max_tokens} tokens per request", req_id
+        )
+    for t in raw:
+        if not isinstance(t, str):
+            return ProtocolError(ErrorCode.BAD_REQUEST, "tokens must be strings", req_id)
+        if not TOKEN_RE.fullmatch(t):
+            return ProtocolError(
+                ErrorCode.INVALID_TOKEN,
+                f"invalid token {t[:64]!r}: 1-64 of A-Z a-z 0-9 . _ : / -",
+                req_id,
+            )
+    return tuple(dict.fromkeys(raw))
+
+
+def _reply(doc: dict[str, object], req_id: int | str | None) -> bytes:
+    if req_id is not None:
+        doc["id"] = req_id
+    return ws_frame(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def ack_frame(kind: str, tokens: tuple[str, ...] | None = None, req_id=None) -> bytes:
+    """A complete frame acknowledging a request (``subscribed``/``unsubscribed``/``pong``)."""
+    doc: dict[str, object] = {"type": kind}
+    if tokens is not None:
+        doc["tokens"] = list(tokens)
+    return _reply(doc, req_id)
+
+
+def error_frame(err: ProtocolError) -> bytes:
+    """A complete error frame; the connection stays open."""
+    return _reply({"type": "error", "code": str(err.code), "message": err.message}, err.req_id)
+
+
+def tick_frame(token: str, payload: bytes) -> bytes:
+    """Build the one WebSocket frame every subscriber of `token` gets for this record.
+
+    A payload that is JSON is embedded verbatim as ``data`` (its bytes unchanged);
+    anything else is carried base64-encoded as ``data_b64``.
+    """
+    head = b'{"type":"tick","token":' + json.dumps(token).encode()
+    if _is_json(payload):
+        body = head + b',"data":' + payload + b"}"
+    else:
+        body = head + b',"data_b64":"' + base64.b64encode(payload) + b'"}'
+    return ws_frame(body)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _is_json(payload: bytes) -> bool:
+    try:
+        json.loads(payload, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return True
+
+
+def ws_frame(data: bytes, opcode: int = OP_TEXT) -> bytes:
+    """An unmasked, unfragmented server→client WebSocket frame."""
+    n = len(data)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return header + data
+
+
+def close_frame(code: int, reason: str = "") -> bytes:
+    """A close frame carrying `code` and a short UTF-8 reason."""
+    return ws_frame(struct.pack("!H", code) + reason.encode()[:120], OP_CLOSE)

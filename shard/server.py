@@ -1,0 +1,162 @@
+"""The shard process: WebSocket/HTTP server, gRPC ingest server and registry writer.
+
+HTTP routes besides the WebSocket endpoint ``/ws``: ``/healthz`` (200 once
+registered) and ``/stats`` (JSON counters).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections import Counter
+from concurrent import futures
+
+import gevent
+import grpc
+import redis
+from gevent import pywsgi
+from geventwebsocket.handler import WebSocketHandler
+
+from common.registry import Registry, now_ms
+from shard.codes import Close
+from shard.config import ShardConfig
+from shard.grpc_ingest import IngestServicer, add_to_server
+from shard.hub import Hub, Outbox
+from shard.ingest import IngestCore
+from shard.registry_writer import RegistryWriter, make_info
+from shard.wsconn import Connection, LimitedWebSocket
+
+log = logging.getLogger(__name__)
+WS_PATH = "/ws"
+
+
+class ShardServer:
+    """Wires the hub, the ingest core and the adapters of one shard together."""
+
+    def __init__(self, cfg: ShardConfig) -> None:
+        self.cfg = cfg
+        self.started_ms = now_ms()
+        self.counters: Counter[str] = Counter()
+        self.conns: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self.hub = Hub()
+        self.core = IngestCore(self.hub, self._on_overflow, pause=gevent.idle)
+        client = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self.registry = Registry(client, cfg.namespace)
+        info = make_info(cfg.shard_id, cfg.grpc_addr, cfg.ws_url, self.started_ms, self._load)
+        self.writer = RegistryWriter(
+            self.registry, info, lambda: list(self.hub.subs), cfg.heartbeat_s, cfg.heartbeat_ttl_s
+        )
+        self.hub.on_first = lambda token: self.writer.mark(token, True)
+        self.hub.on_last = lambda token: self.writer.mark(token, False)
+        self.accepting = True
+        self.ws_server = pywsgi.WSGIServer(
+            (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=WebSocketHandler, log=None
+        )
+        self.ws_server.pre_start_hook = self._plain_http
+        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        """Listen on gRPC, register in Redis, then accept WebSocket clients."""
+        servicer = IngestServicer(
+            self.cfg.shard_id, self.core, self.cfg.ingest_window_batches, self.counters
+        )
+        add_to_server(servicer, self.grpc_server)
+        self.grpc_server.add_insecure_port(f"{self.cfg.host}:{self.cfg.grpc_port}")
+        self.grpc_server.start()
+        self.writer.start()
+        self.ws_server.start()
+        log.info("shard up ws=%s grpc=%s", self.cfg.ws_url, self.cfg.grpc_addr)
+
+    def stop(self) -> None:
+        """Refuse new clients, close the current ones (1001), deregister, stop servers."""
+        self.accepting = False
+        for conn in list(self.conns.values()):
+            conn.close(Close.GOING_AWAY, "shard shutting down")
+        deadline = gevent.get_hub().loop.now() + 3
+        while self.conns and gevent.get_hub().loop.now() < deadline:
+            gevent.sleep(0.05)
+        self.writer.stop()
+        self.ws_server.stop(timeout=1)
+        self.grpc_server.stop(grace=1).wait(2)
+        log.info("shard stopped")
+
+    # -- adapters --------------------------------------------------------
+    def _plain_http(self, handler: WebSocketHandler) -> bool:
+        """Before the upgrade: True sends the request to `wsgi_app` as plain HTTP."""
+        env = handler.environ
+        if env.get("PATH_INFO") != WS_PATH:
+            return True
+        if not self.accepting or len(self.conns) >= self.cfg.max_connections:
+            self.counters["upgrades_refused"] += 1
+            env["shardcast.refused"] = True
+            return True
+        return False
+
+    def wsgi_app(self, environ, start_response):
+        ws = environ.get("wsgi.websocket")
+        if ws is not None:
+            self._serve_ws(ws)
+            return []
+        path = environ.get("PATH_INFO")
+        if environ.get("shardcast.refused"):
+            return _json(start_response, "503 Service Unavailable", {"error": "at capacity"})
+        if path == "/healthz":
+            ok = self.writer.synced
+            return _json(start_response, "200 OK" if ok else "503 Service Unavailable",
+                         {"ok": ok, "shard_id": self.cfg.shard_id})
+        if path == "/stats":
+            return _json(start_response, "200 OK", self.stats())
+        if path == WS_PATH:
+            return _json(start_response, "426 Upgrade Required", {"error": "WebSocket only"})
+        return _json(start_response, "404 Not Found", {"error": "not found"})
+
+    def _serve_ws(self, ws) -> None:
+        ws.__class__ = LimitedWebSocket
+        conn_id = next(self._ids)
+        conn = Connection(self, ws, conn_id)
+        ws.handler.sc_conn = conn
+        self.conns[conn_id] = conn
+        self.counters["connections_total"] += 1
+        try:
+            conn.run()
+        finally:
+            del self.conns[conn_id]
+
+    def _on_overflow(self, boxes: list[Outbox]) -> None:
+        """A subscriber fell behind: its writer closes it with SLOW_CONSUMER; drop its subs now."""
+        for box in boxes:
+            self.hub.remove(box)
+
+    def _load(self) -> tuple[int, int]:
+        return len(self.conns), len(self.hub.subs)
+
+    def stats(self) -> dict[str, object]:
+        """Every counter of the shard, for /stats and the tests."""
+        hc = self.hub.counters
+        return {
+            "shard_id": self.cfg.shard_id,
+            "connections": len(self.conns),
+            "tokens": len(self.hub.subs),
+            "subscriptions": self.hub.subscription_count,
+            "records_received": hc.records_received,
+            "records_no_subscriber": hc.records_no_subscriber,
+            "frames_queued": hc.frames_queued,
+            "clients_overflowed": hc.clients_overflowed,
+            "batches_received": self.counters["batches_received"],
+            "ingest_streams": self.counters["ingest_streams"],
+            "frames_written": self.counters["frames_written"],
+            "errors_sent": self.counters["errors_sent"],
+            "upgrades_refused": self.counters["upgrades_refused"],
+            "connections_total": self.counters["connections_total"],
+            "registry_synced": self.writer.synced,
+            "registered_tokens": len(self.writer.registered),
+        }
+
+
+def _json(start_response, status: str, doc: dict[str, object]) -> list[bytes]:
+    body = json.dumps(doc).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]

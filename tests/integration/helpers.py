@@ -1,0 +1,84 @@
+"""Test-side clients: a WebSocket subscriber and a Kafka producer (plain threads, no gevent)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import websocket
+from kafka import KafkaProducer
+
+
+class WsClient:
+    """A blocking WebSocket client that speaks the shard protocol."""
+
+    def __init__(self, url: str, timeout_s: float = 10) -> None:
+        self.ws = websocket.create_connection(url, timeout=timeout_s)
+        self.next_id = 0
+
+    def request(self, doc: dict) -> dict:
+        """Send a request with a fresh id and return the reply carrying that id."""
+        self.next_id += 1
+        doc = {**doc, "id": self.next_id}
+        self.ws.send(json.dumps(doc))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                return msg
+
+    def send_raw(self, text: str) -> dict:
+        """Send any text and return the next non-tick frame."""
+        self.ws.send(text)
+        return self.next_control()
+
+    def next_control(self) -> dict:
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("type") != "tick":
+                return msg
+
+    def subscribe(self, *tokens: str) -> dict:
+        reply = self.request({"op": "subscribe", "tokens": list(tokens)})
+        assert reply["type"] == "subscribed", reply
+        return reply
+
+    def unsubscribe(self, *tokens: str) -> dict:
+        reply = self.request({"op": "unsubscribe", "tokens": list(tokens)})
+        assert reply["type"] == "unsubscribed", reply
+        return reply
+
+    def ticks(self, n: int, timeout_s: float = 30) -> list[str]:
+        """Return the raw text of the next `n` tick frames."""
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n:
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            text = self.ws.recv()
+            if json.loads(text).get("type") == "tick":
+                out.append(text)
+        return out
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def producer(bootstrap: str) -> KafkaProducer:
+    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
+
+
+def produce(p: KafkaProducer, topic: str, items: list[tuple[str, bytes]]) -> None:
+    for token, payload in items:
+        p.send(topic, key=token.encode(), value=payload)
+    p.flush(30)
+
+
+def wait_for(check, timeout_s: float = 10, interval_s: float = 0.02, what: str = "condition"):
+    """Poll until `check()` is truthy; return its value and the seconds it took."""
+    start = time.monotonic()
+    while True:
+        value = check()
+        if value:
+            return value, time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval_s)

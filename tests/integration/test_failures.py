@@ -1,0 +1,181 @@
+"""Shard death and restart, malformed client input, and how fast a subscription becomes routable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import websocket
+
+from common.registry import Registry
+from tests.integration.helpers import WsClient, produce, producer, wait_for
+
+pytestmark = pytest.mark.integration
+MEASURE_DIR = Path(__file__).resolve().parents[2] / ".run" / "measurements"
+
+
+def _registry(stack) -> Registry:
+    return Registry(redis.Redis.from_url(stack.c.redis_url), stack.c.namespace)
+
+
+def _record(name: str, doc: dict) -> None:
+    """Keep measured numbers where the README and the closing note can quote them."""
+    MEASURE_DIR.mkdir(parents=True, exist_ok=True)
+    (MEASURE_DIR / f"{name}.json").write_text(json.dumps(doc, indent=2))
+    print(f"\n{name}: {json.dumps(doc)}")
+
+
+def test_sigkilled_shard_leaves_routing_within_ttl_and_restarts_clean(stack):
+    """A SIGKILLed shard drops out of routing within its TTL; restarted with its id it starts clean."""
+    ttl_s = 2.0
+    hb = ["--heartbeat-s", "0.5", "--heartbeat-ttl-s", str(ttl_s)]
+    a = stack.shard("A", *hb)
+    b = stack.shard("B", *hb)
+    d = stack.dispatcher()
+    reg = _registry(stack)
+    ca, cb = WsClient(a.ws_url), WsClient(b.ws_url)
+    ca.subscribe("K1", "K2")
+    cb.subscribe("K1")
+    assert d.route("K1") == ["A", "B"]
+
+    os.kill(a.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    _, gone_s = wait_for(lambda: d.route("K1") == ["B"], timeout_s=ttl_s + 3,
+                         what="A out of routing")
+    gone_s = time.monotonic() - killed
+    assert gone_s <= ttl_s, f"dropped out after {gone_s:.2f}s, TTL {ttl_s}s"
+    assert "A" not in d.get("/shards")[1]
+    assert reg.route_of("K2") == {"A"}  # the dead process's entries are still in Redis...
+
+    p = producer(stack.kafka.bootstrap)
+    produce(p, stack.c.topic, [("K1", b'{"n":1}')])
+    assert len(cb.ticks(1)) == 1  # ...yet delivery to the survivors goes on
+
+    a2 = stack.shard("A", *hb)  # same id, fresh process
+    assert reg.route_of("K2") == set() and reg.route_of("K1") == {"B"}  # ...until it cleans up
+    assert not reg.r.exists(reg.tokens_key("A"))
+    st = a2.stats()
+    assert st["records_received"] == 0 and st["connections"] == 0 and st["tokens"] == 0
+    wait_for(lambda: "A" in d.get("/shards")[1], what="A live again")
+    ca2 = WsClient(a2.ws_url)
+    ca2.subscribe("K2")
+    produce(p, stack.c.topic, [("K2", b'{"n":2}')])
+    assert json.loads(ca2.ticks(1)[0])["data"] == {"n": 2}
+    _record("shard_death", {"ttl_s": ttl_s, "out_of_routing_after_s": round(gone_s, 3)})
+
+
+def test_malformed_requests_get_error_frames_and_connection_survives(stack):
+    """Each malformed request gets its error code; the same connection then still works."""
+    a = stack.shard("A", "--max-tokens-per-request", "3", "--max-subscriptions", "4")
+    stack.dispatcher()
+    c = WsClient(a.ws_url)
+    cases = [
+        ("{not json", "invalid_json"),
+        ("[1, 2]", "not_an_object"),
+        ('{"op":"fly"}', "unknown_op"),
+        ('{"op":7}', "bad_request"),
+        ('{"op":"subscribe","tokens":"A"}', "bad_request"),
+        ('{"op":"subscribe","tokens":[1,2]}', "bad_request"),
+        ('{"op":"subscribe","tokens":["bad token!"]}', "invalid_token"),
+        ('{"op":"subscribe","tokens":["A","B","C","D"]}', "too_many_tokens"),
+    ]
+    for text, code in cases:
+        reply = c.send_raw(text)
+        assert reply["type"] == "error" and reply["code"] == code, (text, reply)
+        assert c.request({"op": "ping"})["type"] == "pong"
+    c.subscribe("S1", "S2", "S3")
+    reply = c.request({"op": "subscribe", "tokens": ["S4", "S5"]})
+    assert reply["code"] == "too_many_tokens"  # 5 > 4 subscriptions per connection
+    c.subscribe("S4")
+    produce(producer(stack.kafka.bootstrap), stack.c.topic, [("S4", b'{"ok":true}')])
+    assert json.loads(c.ticks(1)[0])["data"] == {"ok": True}
+    assert a.stats()["errors_sent"] == len(cases) + 1
+
+
+def _closed_with(ws: websocket.WebSocket) -> int:
+    """Read until the server's close frame; return its code."""
+    while True:
+        op, frame = ws.recv_data_frame(True)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(frame.data[:2], "big")
+
+
+def test_oversized_binary_and_flooding_clients_are_closed_with_named_codes(stack):
+    """Oversized frames close with 1009, binary with 1003, floods get rate_limited then 4029."""
+    a = stack.shard("A", "--max-frame-bytes", "1024", "--requests-per-s", "5",
+                    "--request-burst", "5")
+    big = WsClient(a.ws_url)
+    big.ws.send("x" * 2000)
+    assert _closed_with(big.ws) == 1009
+    binary = WsClient(a.ws_url)
+    binary.ws.send_binary(b"\x01\x02")
+    assert _closed_with(binary.ws) == 1003
+    flood = WsClient(a.ws_url)
+    codes = []
+    for _ in range(8):
+        codes.append(flood.send_raw('{"op":"ping"}').get("code", "pong"))
+    assert codes[:5] == ["pong"] * 5 and "rate_limited" in codes[5:]
+    close_code = None
+    for _ in range(40):  # keep flooding, one request at a time, until the shard hangs up
+        flood.ws.send('{"op":"ping"}')
+        op, frame = flood.ws.recv_data_frame(True)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            close_code = int.from_bytes(frame.data[:2], "big")
+            break
+        assert json.loads(frame.data)["code"] == "rate_limited"
+    assert close_code == 4029
+    ok = WsClient(a.ws_url)  # the shard itself is unaffected
+    assert ok.request({"op": "ping"})["type"] == "pong"
+    wait_for(lambda: a.stats()["connections"] == 1, what="closed connections released")
+
+
+def test_new_subscription_is_routable_within_bounded_delay(stack):
+    """From sending subscribe to the dispatcher routing the token takes well under a second."""
+    a = stack.shard("A")
+    d = stack.dispatcher()
+    client = WsClient(a.ws_url)
+    p = producer(stack.kafka.bootstrap)
+    ack_ms, routable_ms, first_tick_ms = [], [], []
+    for i in range(20):
+        token = f"NEW-{i}"
+        t0 = time.monotonic()
+        client.subscribe(token)
+        ack_ms.append((time.monotonic() - t0) * 1000)
+        wait_for(lambda token=token: d.route(token) == ["A"], timeout_s=5, interval_s=0.002,
+                 what="routable")
+        routable_ms.append((time.monotonic() - t0) * 1000)
+        produce(p, stack.c.topic, [(token, b'{"first":true}')])
+        client.ticks(1, timeout_s=10)
+        first_tick_ms.append((time.monotonic() - t0) * 1000)
+    doc = {
+        name: {"median_ms": round(statistics.median(v), 2), "max_ms": round(max(v), 2)}
+        for name, v in (("subscribe_to_ack", ack_ms), ("subscribe_to_routable", routable_ms),
+                        ("subscribe_to_first_tick", first_tick_ms))
+    }
+    _record("subscription_delay", {"runs": 20, **doc})
+    assert max(routable_ms) < 1000
+    assert max(first_tick_ms) < 3000
+
+
+def test_clean_shutdown_deregisters_everything(stack):
+    """A shard stopped with SIGTERM closes clients with 1001 and removes every registry entry."""
+    a = stack.shard("A")
+    stack.shard("B")
+    d = stack.dispatcher()
+    reg = _registry(stack)
+    c = WsClient(a.ws_url)
+    c.subscribe("Q1", "Q2")
+    assert reg.route_of("Q1") == {"A"}
+    a.proc.send_signal(signal.SIGTERM)
+    assert _closed_with(c.ws) == 1001
+    assert a.proc.wait(10) == 0
+    assert not reg.r.exists(reg.shard_key("A"), reg.tokens_key("A"), reg.route_key("Q1"),
+                            reg.route_key("Q2"))
+    assert not reg.r.sismember(reg.shards_key(), "A")
+    wait_for(lambda: sorted(d.get("/shards")[1]) == ["B"], what="dispatcher saw A leave")

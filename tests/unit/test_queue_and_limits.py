@@ -1,0 +1,66 @@
+"""Per-shard dispatcher queue, rate limiter and backoff (pure)."""
+
+import random
+
+from common.backoff import Backoff
+from common.records import Record
+from dispatcher.shard_queue import ShardQueue
+from shard.ratelimit import TokenBucket
+
+
+def _recs(n, start=0):
+    return [Record("T", str(i).encode()) for i in range(start, start + n)]
+
+
+def test_queue_drops_oldest_beyond_bound():
+    """Past max_records the oldest records go, are counted, and offer never blocks."""
+    q = ShardQueue(max_records=5)
+    assert q.offer(_recs(4)) == 0
+    assert q.offer(_recs(3, 4)) == 2
+    q.open_stream(window=1)
+    seq, batch = q.take(10, 0.1, q.epoch)
+    assert seq == 1 and [r.payload for r in batch] == [b"2", b"3", b"4", b"5", b"6"]
+    assert q.dropped == 2
+
+
+def test_queue_respects_credit_window():
+    """No more than `window` unacked batches are handed out; an ack frees credit."""
+    q = ShardQueue(100)
+    q.offer(_recs(10))
+    assert q.take(2, 0.01, q.epoch) is None  # no window granted yet
+    q.open_stream(window=2)
+    assert q.take(2, 0.01, q.epoch)[0] == 1
+    assert q.take(2, 0.01, q.epoch)[0] == 2
+    assert q.take(2, 0.01, q.epoch) is None
+    q.ack(1)
+    assert q.take(2, 0.01, q.epoch)[0] == 3
+
+
+def test_dead_stream_epoch_stops_taking():
+    """After a stream dies its request iterator (old epoch) gets nothing, even on a new stream."""
+    q = ShardQueue(100)
+    q.offer(_recs(3))
+    q.open_stream(4)
+    old = q.epoch
+    assert q.close_stream() == 0
+    q.open_stream(4)
+    assert q.take(1, 0.01, old) is None
+    assert q.take(1, 0.01, q.epoch) is not None
+
+
+def test_token_bucket_rate_and_burst():
+    """A bucket allows its burst at once, then refills at its rate."""
+    now = [0.0]
+    b = TokenBucket(rate_per_s=2, burst=3, clock=lambda: now[0])
+    assert [b.take() for _ in range(4)] == [True, True, True, False]
+    now[0] = 0.5
+    assert b.take() and not b.take()
+
+
+def test_backoff_grows_caps_and_resets():
+    """Delays grow exponentially up to the cap, stay jittered, and reset after success."""
+    b = Backoff(base_s=0.1, cap_s=1.0, rng=random.Random(1))
+    delays = [b.next_delay_s() for _ in range(8)]
+    assert delays[0] <= 0.1 and all(d <= 1.0 for d in delays) and max(delays) >= 0.5
+    b.reset()
+    assert b.next_delay_s() <= 0.1
