@@ -6,7 +6,6 @@ PY := $(VENV)/bin/python
 CACHE := .cache
 KAFKA_LIB := $(CACHE)/kafka/lib
 PROTOS := $(wildcard protos/shardcast/v1/*.proto)
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 
 .PHONY: all deps protos kafka-jars redis run test unit lint clean
 
@@ -16,7 +15,8 @@ all: deps protos
 $(VENV)/.deps: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/generated" > "$(SITE)/shardcast-dev.pth"
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+		printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/generated" > "$$site/shardcast-dev.pth"
 	touch $@
 
 deps: $(VENV)/.deps
