@@ -85,6 +85,11 @@ class ConsumerLoop:
             auto_offset_reset=cfg.offset_reset,
             max_poll_records=cfg.max_poll_records,
             fetch_max_wait_ms=50,
+            # kafka-python's default frame cap (1,000,000 bytes) is below its own
+            # default partition fetch size (1 MiB): a full fetch would fail forever.
+            max_partition_fetch_bytes=1 << 20,
+            fetch_max_bytes=16 << 20,
+            receive_message_max_bytes=(16 << 20) + (1 << 20),
             reconnect_backoff_max_ms=int(cfg.backoff_cap_s * 1000),
         )
         consumer.subscribe(topics=[cfg.topic], listener=_CommitOnRevoke(self))

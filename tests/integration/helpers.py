@@ -53,7 +53,11 @@ class WsClient:
         deadline = time.monotonic() + timeout_s
         while len(out) < n:
             self.ws.settimeout(max(0.1, deadline - time.monotonic()))
-            text = self.ws.recv()
+            op, frame = self.ws.recv_data_frame(True)
+            if op == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(frame.data[:2], "big")
+                raise AssertionError(f"closed with {code} {frame.data[2:]!r} after {len(out)} ticks")
+            text = frame.data.decode()
             if json.loads(text).get("type") == "tick":
                 out.append(text)
         return out

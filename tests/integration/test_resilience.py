@@ -1,0 +1,115 @@
+"""Slow clients, offset commits across a dispatcher restart, and a Redis outage."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import redis
+import websocket
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from devstack.procs import free_port, stop
+from devstack.redis_server import RedisServer
+from tests.integration.helpers import WsClient, produce, producer, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_slow_client_is_closed_4008_and_fast_client_gets_everything(stack):
+    """A client that stops reading is closed with 4008; a fast one on the same token misses nothing."""
+    a = stack.shard("A", "--outbox-frames", "500")
+    stack.dispatcher()
+    slow = websocket.create_connection(
+        a.ws_url, timeout=30, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    slow.send(json.dumps({"op": "subscribe", "tokens": ["HOT"], "id": 1}))
+    assert json.loads(slow.recv())["type"] == "subscribed"
+    fast = WsClient(a.ws_url)
+    fast.subscribe("HOT")
+    n = 4000
+    blob = "x" * 4000
+    p = producer(stack.kafka.bootstrap)
+    got = []
+    for start in range(0, n, 200):  # ~8 MB/s: a rate a reading client keeps up with
+        produce(p, stack.c.topic,
+                [("HOT", json.dumps({"s": i, "pad": blob}).encode()) for i in range(start, start + 200)])
+        got += [json.loads(f)["data"]["s"] for f in fast.ticks(200, timeout_s=30)]
+    assert got == list(range(n))
+    code = None
+    while code is None:  # the slow client finds its buffered ticks, then the close frame
+        op, frame = slow.recv_data_frame(True)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            code = int.from_bytes(frame.data[:2], "big")
+    assert code == 4008
+    st = a.stats()
+    assert st["clients_overflowed"] == 1
+    wait_for(lambda: a.stats()["connections"] == 1, what="slow client released")
+
+
+def _committed_equals_end(bootstrap: str, group: str, topic: str) -> bool:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    probe = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic)]
+        ends = probe.end_offsets(tps)
+        return all(committed.get(tp) is not None and committed[tp].offset == ends[tp] for tp in tps)
+    finally:
+        admin.close()
+        probe.close()
+
+
+def test_offsets_are_committed_and_a_restarted_dispatcher_resumes_after_them(stack):
+    """Handed-on records are committed; a restarted dispatcher delivers only what came after."""
+    a = stack.shard("A")
+    d = stack.dispatcher()
+    client = WsClient(a.ws_url)
+    client.subscribe("OFF")
+    p = producer(stack.kafka.bootstrap)
+    produce(p, stack.c.topic, [("OFF", b'{"n":%d}' % i) for i in range(100)])
+    assert len(client.ticks(100)) == 100
+    group = f"g-{stack.c.namespace}"
+    wait_for(lambda: _committed_equals_end(stack.kafka.bootstrap, group, stack.c.topic),
+             timeout_s=15, interval_s=0.3, what="offsets committed")
+    stop(d.proc)
+    stack.dispatcher()
+    produce(p, stack.c.topic, [("OFF", b'{"n":%d}' % i) for i in range(100, 110)])
+    got = [json.loads(f)["data"]["n"] for f in client.ticks(10)]
+    assert got == list(range(100, 110))  # nothing before 100 came again
+    assert a.stats()["records_received"] == 110
+
+
+def test_redis_outage_falls_back_to_broadcast_then_recovers(stack, workdir):
+    """With Redis gone ticks still flow (broadcast); when it returns, routing is targeted again."""
+    port = free_port()
+    own = RedisServer(workdir / f"redis-{port}", port).start()
+    stack.c.redis_url = own.url
+    try:
+        a = stack.shard("A", "--heartbeat-s", "0.5", "--heartbeat-ttl-s", "3")
+        b = stack.shard("B", "--heartbeat-s", "0.5", "--heartbeat-ttl-s", "3")
+        d = stack.dispatcher()
+        client = WsClient(a.ws_url)
+        client.subscribe("RR")
+        p = producer(stack.kafka.bootstrap)
+        produce(p, stack.c.topic, [("RR", b'{"n":0}')])
+        assert len(client.ticks(1)) == 1
+        assert b.stats()["records_received"] == 0
+
+        own.stop()
+        wait_for(lambda: not d.stats()["registry_healthy"], what="dispatcher saw Redis go")
+        produce(p, stack.c.topic, [("RR", b'{"n":%d}' % i) for i in range(1, 11)])
+        assert [json.loads(f)["data"]["n"] for f in client.ticks(10)] == list(range(1, 11))
+        wait_for(lambda: b.stats()["records_received"] == 10, what="broadcast fallback reached B")
+        assert d.stats()["fallback_batches"] >= 1
+
+        own.start()  # same port, empty data: shards must re-register themselves
+        wait_for(lambda: d.stats()["registry_healthy"] and d.route("RR") == ["A"], timeout_s=20,
+                 what="targeted routing restored")
+        assert redis.Redis.from_url(own.url).sismember(f"{stack.c.namespace}:route:RR", "A")
+        produce(p, stack.c.topic, [("RR", b'{"n":11}')])
+        assert json.loads(client.ticks(1)[0])["data"] == {"n": 11}
+        assert b.stats()["records_received"] == 10
+    finally:
+        stack.close()
+        own.stop()
