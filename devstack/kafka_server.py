@@ -67,7 +67,7 @@ class KafkaServer:
         shutil.rmtree(data, ignore_errors=True)
         props = self.workdir / "server.properties"
         props.write_text(PROPERTIES.format(port=self.port, cport=self.controller_port, data=data))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = _cluster_id()
         fmt = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
             capture_output=True, text=True, timeout=120,
@@ -97,6 +97,14 @@ class KafkaServer:
         if self.proc is not None:
             stop(self.proc, timeout_s=20)
             self.proc = None
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id (base64url of a UUID) that the CLI won't take for a flag."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def create_topic(bootstrap: str, name: str, partitions: int, timeout_s: float = 30) -> None:

@@ -114,6 +114,7 @@ def _banner(c: Common, dispatcher_port: int, urls: list[str]) -> None:
         "",
         "shardcast is up. Ctrl-C stops everything.",
         *(f"  shard WebSocket: {u}" for u in urls),
+        f"  demo page: {urls[0].replace('ws://', 'http://').removesuffix('/ws')}/",
         f"  dispatcher status: http://127.0.0.1:{dispatcher_port}/stats",
         f"  logs: {c.logdir}",
         "",

@@ -54,13 +54,15 @@ class ShardSender:
         self._thread.start()
 
     def stop(self) -> None:
-        """Close the queue and the stream; returns without waiting long."""
+        """Close the queue and cancel the stream without waiting (the Kafka thread calls this)."""
         self._stop.set()
         self.queue.close()
         call = self._call
         if call is not None:
             call.cancel()
-        self._thread.join(timeout=2)
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -55,8 +55,12 @@ class ShardStreams:
         self.dropped_gone += sender.queue.dropped
 
     def stop_all(self) -> None:
+        """Shutdown: stop every sender, then give their threads a moment to finish."""
+        senders = list(self.senders.values())
         for sid in list(self.senders):
             self._stop(sid)
+        for sender in senders:
+            sender.join(2.0)
 
     def stats(self) -> dict[str, dict[str, object]]:
         return {

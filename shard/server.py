@@ -11,6 +11,7 @@ import json
 import logging
 from collections import Counter
 from concurrent import futures
+from pathlib import Path
 
 import gevent
 import grpc
@@ -29,6 +30,7 @@ from shard.wsconn import Connection, LimitedWebSocket
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws"
+DEMO_PAGE = Path(__file__).with_name("static") / "demo.html"
 
 
 class ShardServer:
@@ -111,6 +113,11 @@ class ShardServer:
             return _json(start_response, "200 OK", self.stats())
         if path == WS_PATH:
             return _json(start_response, "426 Upgrade Required", {"error": "WebSocket only"})
+        if path == "/":
+            body = DEMO_PAGE.read_bytes()
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     def _serve_ws(self, ws) -> None:

@@ -179,3 +179,17 @@ def test_clean_shutdown_deregisters_everything(stack):
                             reg.route_key("Q2"))
     assert not reg.r.sismember(reg.shards_key(), "A")
     wait_for(lambda: sorted(d.get("/shards")[1]) == ["B"], what="dispatcher saw A leave")
+
+
+def test_upgrades_beyond_max_connections_get_503_not_a_hang(stack):
+    """At its connection cap a shard refuses the upgrade with HTTP 503 at once, then accepts again."""
+    a = stack.shard("A", "--max-connections", "2")
+    held = [WsClient(a.ws_url), WsClient(a.ws_url)]
+    t0 = time.monotonic()
+    with pytest.raises(websocket.WebSocketBadStatusException) as exc:
+        WsClient(a.ws_url, timeout_s=5)
+    assert exc.value.status_code == 503 and time.monotonic() - t0 < 2
+    assert a.stats()["upgrades_refused"] == 1
+    held.pop().close()
+    wait_for(lambda: a.stats()["connections"] == 1, what="slot freed")
+    assert WsClient(a.ws_url).request({"op": "ping"})["type"] == "pong"
