@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
     f("backoff-cap-s", "SHARDCAST_BACKOFF_CAP_S", 5.0, "longest reconnect delay", positive(float))
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     a = p.parse_args(argv)
+    if a.shard_queue_records < a.max_poll_records:
+        p.error("--shard-queue-records must be >= --max-poll-records (a poll must fit a queue)")
     return DispatcherConfig(
         dispatcher_id=a.id,
         kafka_bootstrap=a.kafka_bootstrap,

@@ -44,18 +44,18 @@ class Outbox:
             self.wake()
         return True
 
-    def drain(self, max_bytes: int = 1 << 16) -> bytes:
-        """Pop queued frames, joined, up to about `max_bytes` (at least one frame)."""
+    def drain(self, max_bytes: int = 1 << 16) -> tuple[bytes, int]:
+        """Pop queued frames up to about `max_bytes` (at least one); (joined bytes, frame count)."""
         frames = self.frames
         if not frames:
-            return b""
+            return b"", 0
         out = [frames.popleft()]
         size = len(out[0])
         while frames and size < max_bytes:
             f = frames.popleft()
             out.append(f)
             size += len(f)
-        return b"".join(out) if len(out) > 1 else out[0]
+        return (b"".join(out) if len(out) > 1 else out[0]), len(out)
 
 
 @dataclass

@@ -209,9 +209,9 @@ class Connection:
                     self.close_code = Close.SLOW_CONSUMER
                     self.close_reason = "client too slow: outbox overflowed"
                 while box.frames:
-                    n = len(box.frames)
-                    self._send(box.drain())
-                    counters["frames_written"] += n - len(box.frames)
+                    data, n = box.drain()
+                    self._send(data)
+                    counters["frames_written"] += n
                 if self.close_code is not None:
                     self._send(close_frame(self.close_code, self.close_reason))
                     return

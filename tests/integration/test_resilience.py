@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 
 import pytest
@@ -113,3 +115,32 @@ def test_redis_outage_falls_back_to_broadcast_then_recovers(stack, workdir):
     finally:
         stack.close()
         own.stop()
+
+
+def test_frozen_shard_backs_up_only_its_own_stream(stack):
+    """A frozen shard (SIGSTOP) fills and trims only its own bounded queue; others get every record."""
+    a = stack.shard("A", "--ingest-window", "2", "--heartbeat-ttl-s", "60")
+    b = stack.shard("B")
+    d = stack.dispatcher("targeted", "--shard-queue-records", "5000")
+    ca, cb = WsClient(a.ws_url), WsClient(b.ws_url)
+    ca.subscribe("FZ")
+    cb.subscribe("FZ")
+    n = 20_000
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        produce(producer(stack.kafka.bootstrap), stack.c.topic,
+                [("FZ", b'{"s":%d}' % i) for i in range(n)])
+        got = [json.loads(f)["data"]["s"] for f in cb.ticks(n, timeout_s=60)]
+        assert got == list(range(n))  # B is not held back by A
+        wait_for(lambda: d.stats()["records_consumed"] == n, what="all consumed")
+        sa = d.stats()["shards"]["A"]
+        assert sa["in_flight_batches"] == 2 and sa["queue_depth"] == 5000
+        assert sa["records_dropped"] > 0
+        assert sa["records_sent"] + sa["queue_depth"] + sa["records_dropped"] == n
+        assert d.stats()["shards"]["B"]["records_dropped"] == 0
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    kept = sa["records_sent"] + sa["queue_depth"]
+    got_a = [json.loads(f)["data"]["s"] for f in ca.ticks(kept, timeout_s=30)]
+    assert got_a == sorted(got_a) and got_a[-1] == n - 1  # oldest dropped, order kept
+    assert got_a[-5000:] == list(range(n - 5000, n))

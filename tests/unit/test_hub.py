@@ -68,8 +68,8 @@ def test_outbox_wakes_only_when_becoming_non_empty_and_drain_joins():
     box.push(b"a")
     box.push(b"b")
     assert len(wakes) == 1
-    assert box.drain() == b"ab"
-    assert box.drain() == b""
+    assert box.drain() == (b"ab", 2)
+    assert box.drain() == (b"", 0)
 
 
 def test_ingest_skips_tokens_without_subscribers_and_keeps_order():
