@@ -18,3 +18,5 @@ class Record:
     partition: int = 0
     offset: int = 0
     produce_ts_ms: int = 0
+    # A token's last value re-sent to a shard that just subscribed to it, not a new tick.
+    snapshot: bool = False

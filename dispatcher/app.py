@@ -26,7 +26,8 @@ class Dispatcher:
         self.cfg = cfg
         self.started = time.time()
         self.sync = RegistrySync(cfg.redis_url, cfg.namespace, cfg.registry_refresh_s,
-                                 cfg.janitor_grace_s, cfg.backoff_cap_s)
+                                 cfg.janitor_grace_s, cfg.backoff_cap_s, self._send_snapshot)
+        self.snapshots_sent = 0
         self.router = Router(self.sync, cfg.mode)
         self.streams = ShardStreams(cfg.shard_queue_records, cfg.max_batch_records,
                                     cfg.backoff_cap_s)
@@ -54,6 +55,12 @@ class Dispatcher:
     def stop(self) -> None:
         self.loop.stop()
 
+    def _send_snapshot(self, token: str, shard_id: str) -> None:
+        """A shard just gained its first subscriber of `token`: send it the last value now."""
+        rec = self.loop.last.get(token)
+        if rec is not None and self.streams.offer_snapshot(shard_id, rec):
+            self.snapshots_sent += 1
+
     def _health(self) -> tuple[int, object]:
         ok = self.loop.assigned and self.sync.healthy
         doc = {"ok": ok, "kafka_assigned": self.loop.assigned, "registry_synced": self.sync.healthy}
@@ -79,6 +86,7 @@ class Dispatcher:
             "deliveries": rc.deliveries,
             "records_unrouted": rc.unrouted,
             "fallback_batches": rc.fallback_batches,
+            "snapshots_sent": self.snapshots_sent,
             "commits": self.loop.commits,
             "commit_failures": self.loop.commit_failures,
             "routing_tokens": len(self.sync.table),

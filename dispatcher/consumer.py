@@ -32,6 +32,8 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked) -> None:
         self.loop.commit()
+        gone = {tp.partition for tp in revoked}
+        self.loop.last = {t: r for t, r in self.loop.last.items() if r.partition not in gone}
 
     def on_partitions_assigned(self, assigned) -> None:
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
@@ -52,6 +54,9 @@ class ConsumerLoop:
         self.commits = 0
         self.commit_failures = 0
         self.polls = 0
+        # Newest record of every token this dispatcher consumes: the snapshot a
+        # shard gets when it joins a token's route. Written here only.
+        self.last: dict[str, Record] = {}
         self._stop = threading.Event()
 
     @property
@@ -114,6 +119,7 @@ class ConsumerLoop:
     def _translate(self, polled) -> list[Record]:
         """ConsumerRecords → Records; a record without a usable key is counted and skipped."""
         out: list[Record] = []
+        last = self.last
         for tp_records in polled.values():
             for cr in tp_records:
                 try:
@@ -121,7 +127,9 @@ class ConsumerLoop:
                 except (AttributeError, UnicodeDecodeError):
                     self.records_invalid += 1
                     continue
-                out.append(Record(token, cr.value or b"", cr.partition, cr.offset, cr.timestamp))
+                rec = Record(token, cr.value or b"", cr.partition, cr.offset, cr.timestamp)
+                out.append(rec)
+                last[token] = rec
         self.records_consumed += len(out)
         return out
 

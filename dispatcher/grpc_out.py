@@ -118,6 +118,7 @@ class ShardSender:
                         partition=r.partition,
                         offset=r.offset,
                         produce_ts_ms=r.produce_ts_ms,
+                        snapshot=r.snapshot,
                     )
                     for r in records
                 ],

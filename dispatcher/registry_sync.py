@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -26,13 +27,15 @@ class RegistrySync:
     """The dispatcher's `RouteLookup`: local table + live shards, fed from Redis."""
 
     def __init__(self, redis_url: str, namespace: str, refresh_s: float,
-                 janitor_grace_s: float, backoff_cap_s: float) -> None:
+                 janitor_grace_s: float, backoff_cap_s: float,
+                 on_route_add: Callable[[str, str], None] = lambda token, shard: None) -> None:
         self.client = redis.Redis.from_url(
             redis_url, socket_timeout=max(2.0, refresh_s * 4), socket_connect_timeout=2
         )
         self.registry = Registry(self.client, namespace)
         self.refresh_s = refresh_s
         self.janitor_grace_s = janitor_grace_s
+        self.on_route_add = on_route_add
         self.backoff = Backoff(base_s=0.1, cap_s=backoff_cap_s)
         self.table = RoutingTable()
         self.live: dict[str, ShardInfo] = {}
@@ -110,11 +113,13 @@ class RegistrySync:
             log.warning("ignoring malformed change %r", raw[:200])
             return
         self.changes_applied += 1
+        self.last_sync_s = time.time()
         if change.op in ("up", "down"):
             self._refresh_live()
-        else:
-            self.table.apply(change)
-        self.last_sync_s = time.time()
+            return
+        self.table.apply(change)
+        for token in change.add:
+            self.on_route_add(token, change.shard)
 
     def _refresh_live(self) -> None:
         live, dead = self.registry.load_shards(min_ttl_ms=int(self.refresh_s * 1000) + 50)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from common.records import Record
@@ -48,6 +49,14 @@ class ShardStreams:
                 self.dropped_gone += len(records)
             else:
                 sender.queue.offer(records)
+
+    def offer_snapshot(self, sid: str, record: Record) -> bool:
+        """Queue a token's last value for a shard that just joined its route (any thread)."""
+        sender = self.senders.get(sid)
+        if sender is None:
+            return False
+        sender.queue.offer([dataclasses.replace(record, snapshot=True)])
+        return True
 
     def _stop(self, sid: str) -> None:
         sender = self.senders.pop(sid)

@@ -27,6 +27,7 @@ class ShardConfig:
     requests_per_s: float
     request_burst: int
     outbox_frames: int
+    max_behind_s: float
     write_timeout_s: float
     ingest_window_batches: int
     ack_timeout_s: float
@@ -62,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     f("max-subscriptions", "SHARDCAST_MAX_SUBSCRIPTIONS", 1000, "tokens per connection", positive(int))
     f("requests-per-s", "SHARDCAST_REQUESTS_PER_S", 20.0, "sustained client request rate", positive(float))
     f("request-burst", "SHARDCAST_REQUEST_BURST", 40, "client request burst", positive(int))
-    f("outbox-frames", "SHARDCAST_OUTBOX_FRAMES", 2048, "per-client queue before disconnect", positive(int))
+    f("outbox-frames", "SHARDCAST_OUTBOX_FRAMES", 2048, "per-client queue before conflation", positive(int))
+    f("max-behind-s", "SHARDCAST_MAX_BEHIND_S", 5.0,
+      "how long a client may stay conflated before 4008", positive(float))
     f("write-timeout-s", "SHARDCAST_WRITE_TIMEOUT_S", 10.0, "stuck write before disconnect", positive(float))
     f("ingest-window", "SHARDCAST_INGEST_WINDOW", 32, "unacked batches a dispatcher may send", positive(int))
     f("ack-timeout-s", "SHARDCAST_ACK_TIMEOUT_S", 2.0,
@@ -88,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
         requests_per_s=a.requests_per_s,
         request_burst=a.request_burst,
         outbox_frames=a.outbox_frames,
+        max_behind_s=a.max_behind_s,
         write_timeout_s=a.write_timeout_s,
         ingest_window_batches=a.ingest_window,
         ack_timeout_s=a.ack_timeout_s,

@@ -43,7 +43,7 @@ class IngestServicer(ingest_pb2_grpc.ShardIngestServicer):
             for batch in request_iterator:
                 self.counters["batches_received"] += 1
                 self.core.handle(
-                    Record(r.token, r.payload, r.partition, r.offset, r.produce_ts_ms)
+                    Record(r.token, r.payload, r.partition, r.offset, r.produce_ts_ms, r.snapshot)
                     for r in batch.records
                 )
                 yield ingest_pb2.IngestAck(acked_seq=batch.seq, shard_id=self.shard_id)

@@ -1,4 +1,4 @@
-"""The shard's fan-out core: token → local clients, one bounded outbox per client.
+"""The shard's fan-out core: token → local clients, and each token's last value.
 
 No sockets and no gevent here: an adapter gives each `Outbox` a `wake` callable
 (its writer greenlet's event) and drains it; tests drive it with plain bytes.
@@ -6,56 +6,12 @@ No sockets and no gevent here: an adapter gives each `Outbox` a `wake` callable
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-
-class Outbox:
-    """Bounded FIFO of ready-to-write frames for one client.
-
-    A client whose outbox is full has fallen behind: `push` refuses, the outbox
-    is marked `overflowed`, and the adapter disconnects it with
-    `Close.SLOW_CONSUMER` — it never makes the fan-out wait.
-    """
-
-    __slots__ = ("closed", "conn_id", "frames", "max_frames", "overflowed", "tokens", "wake")
-
-    def __init__(self, max_frames: int, wake: Callable[[], None], conn_id: int = 0) -> None:
-        self.frames: deque[bytes] = deque()
-        self.max_frames = max_frames
-        self.wake = wake
-        self.overflowed = False
-        self.closed = False
-        self.tokens: set[str] = set()
-        self.conn_id = conn_id
-
-    def push(self, frame: bytes) -> bool:
-        """Queue a frame; False (and marked overflowed) if the client is too far behind."""
-        if self.closed or self.overflowed:
-            return False
-        if len(self.frames) >= self.max_frames:
-            self.overflowed = True
-            self.wake()
-            return False
-        was_empty = not self.frames
-        self.frames.append(frame)
-        if was_empty:
-            self.wake()
-        return True
-
-    def drain(self, max_bytes: int = 1 << 16) -> tuple[bytes, int]:
-        """Pop queued frames up to about `max_bytes` (at least one); (joined bytes, frame count)."""
-        frames = self.frames
-        if not frames:
-            return b"", 0
-        out = [frames.popleft()]
-        size = len(out[0])
-        while frames and size < max_bytes:
-            f = frames.popleft()
-            out.append(f)
-            size += len(f)
-        return (b"".join(out) if len(out) > 1 else out[0]), len(out)
+from common.records import Record
+from shard.outbox import Outbox
+from shard.protocol import snapshot_frame
 
 
 @dataclass
@@ -66,21 +22,28 @@ class HubCounters:
     records_no_subscriber: int = 0
     frames_queued: int = 0
     clients_overflowed: int = 0
+    snapshots_received: int = 0
+    snapshots_stale: int = 0  # older than a value the shard already had
 
 
 @dataclass
 class Hub:
-    """Subscriptions and fan-out of pre-encoded frames.
+    """Subscriptions, fan-out of pre-encoded frames, and the last value of each token.
 
     `on_first(token)` / `on_last(token)` fire when the shard gains its first or
     loses its last local subscriber of a token: the registry writer hooks in
     there, so the registry holds exactly the tokens with local subscribers.
+    `last` keeps the newest record of every subscribed token, so a later
+    subscriber gets a snapshot at once; the first subscriber's snapshot comes
+    from the dispatcher, which sends the token's last record when the shard
+    joins its route.
     """
 
     on_first: Callable[[str], None] = lambda token: None
     on_last: Callable[[str], None] = lambda token: None
     subs: dict[str, set[Outbox]] = field(default_factory=dict)
     counters: HubCounters = field(default_factory=HubCounters)
+    last: dict[str, Record] = field(default_factory=dict)
 
     def subscribe(self, box: Outbox, tokens: Iterable[str]) -> None:
         """Add `box` as a subscriber of each token (idempotent)."""
@@ -101,12 +64,14 @@ class Hub:
             if token not in box.tokens:
                 continue
             box.tokens.discard(token)
+            box.forget(token)
             members = self.subs.get(token)
             if members is None:
                 continue
             members.discard(box)
             if not members:
                 del self.subs[token]
+                self.last.pop(token, None)
                 self.on_last(token)
 
     def remove(self, box: Outbox) -> None:
@@ -127,13 +92,26 @@ class Hub:
         for box in members:
             if box.overflowed or box.closed:
                 continue  # already being disconnected
-            if box.push(frame):
+            if box.push(frame, token):
                 queued += 1
             else:
                 overflowed.append(box)
         self.counters.frames_queued += queued
         self.counters.clients_overflowed += len(overflowed)
         return overflowed
+
+    def snapshot(self, token: str) -> bytes | None:
+        """The snapshot frame of a token's last value, if the shard has one."""
+        rec = self.last.get(token)
+        return None if rec is None else snapshot_frame(token, rec.payload)
+
+    def accept_snapshot(self, rec: Record) -> bool:
+        """Take a dispatcher-sent last value unless the shard already has one as new."""
+        cur = self.last.get(rec.token)
+        if cur is not None and (cur.partition != rec.partition or cur.offset >= rec.offset):
+            return False
+        self.last[rec.token] = rec
+        return True
 
     @property
     def subscription_count(self) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 
 from common.records import Record
 from shard.hub import Hub, Outbox
-from shard.protocol import tick_frame
+from shard.protocol import snapshot_frame, tick_frame
 
 
 class IngestCore:
@@ -36,18 +36,38 @@ class IngestCore:
 
     def handle(self, records: Iterable[Record]) -> None:
         """Fan every record out to its token's local subscribers, in order."""
-        counters = self.hub.counters
-        subs = self.hub.subs
+        hub = self.hub
+        counters = hub.counters
+        subs = hub.subs
+        last = hub.last
         self.batches += 1
         fanned = 0
         for rec in records:
-            counters.records_received += 1
-            if rec.token not in subs:
-                counters.records_no_subscriber += 1
-                continue
-            overflowed = self.hub.publish(rec.token, tick_frame(rec.token, rec.payload))
+            if rec.snapshot:
+                frame = self._snapshot(rec)
+                if frame is None:
+                    continue
+            else:
+                counters.records_received += 1
+                if rec.token not in subs:
+                    counters.records_no_subscriber += 1
+                    continue
+                last[rec.token] = rec
+                frame = tick_frame(rec.token, rec.payload)
+            overflowed = hub.publish(rec.token, frame)
             if overflowed:
                 self.on_overflow(overflowed)
             fanned += 1
             if fanned % self.pause_every == 0:
                 self.pause()
+
+    def _snapshot(self, rec: Record) -> bytes | None:
+        """A last value sent because this shard just joined the token's route."""
+        counters = self.hub.counters
+        counters.snapshots_received += 1
+        if rec.token not in self.hub.subs:
+            return None
+        if not self.hub.accept_snapshot(rec):
+            counters.snapshots_stale += 1
+            return None
+        return snapshot_frame(rec.token, rec.payload)

@@ -124,18 +124,27 @@ def error_frame(err: ProtocolError) -> bytes:
     return _reply({"type": "error", "code": str(err.code), "message": err.message}, err.req_id)
 
 
-def tick_frame(token: str, payload: bytes) -> bytes:
-    """Build the one WebSocket frame every subscriber of `token` gets for this record.
+def data_frame(kind: str, token: str, payload: bytes) -> bytes:
+    """Build the one WebSocket frame every subscriber of `token` gets for this value.
 
-    A payload that is JSON is embedded verbatim as ``data`` (its bytes unchanged);
-    anything else is carried base64-encoded as ``data_b64``.
+    `kind` is ``tick`` (a live update) or ``snapshot`` (the last known value,
+    sent on subscribe). A payload that is JSON is embedded verbatim as ``data``
+    (its bytes unchanged); anything else is carried base64-encoded as ``data_b64``.
     """
-    head = b'{"type":"tick","token":' + json.dumps(token).encode()
+    head = b'{"type":"' + kind.encode() + b'","token":' + json.dumps(token).encode()
     if _is_json(payload):
         body = head + b',"data":' + payload + b"}"
     else:
         body = head + b',"data_b64":"' + base64.b64encode(payload) + b'"}'
     return ws_frame(body)
+
+
+def tick_frame(token: str, payload: bytes) -> bytes:
+    return data_frame("tick", token, payload)
+
+
+def snapshot_frame(token: str, payload: bytes) -> bytes:
+    return data_frame("snapshot", token, payload)
 
 
 def _reject_constant(name: str) -> None:

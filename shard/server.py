@@ -23,8 +23,9 @@ from common.registry import Registry, now_ms
 from shard.codes import Close
 from shard.config import ShardConfig
 from shard.grpc_ingest import IngestServicer, add_to_server
-from shard.hub import Hub, Outbox
+from shard.hub import Hub
 from shard.ingest import IngestCore
+from shard.outbox import Outbox
 from shard.registry_writer import RegistryWriter, make_info
 from shard.wsconn import Connection, LimitedWebSocket
 
@@ -131,6 +132,7 @@ class ShardServer:
             conn.run()
         finally:
             del self.conns[conn_id]
+            self.counters["frames_conflated"] += conn.box.conflations
 
     def _on_overflow(self, boxes: list[Outbox]) -> None:
         """A subscriber fell behind: its writer closes it with SLOW_CONSUMER; drop its subs now."""
@@ -152,6 +154,11 @@ class ShardServer:
             "records_no_subscriber": hc.records_no_subscriber,
             "frames_queued": hc.frames_queued,
             "clients_overflowed": hc.clients_overflowed,
+            "frames_conflated": self.counters["frames_conflated"]
+            + sum(c.box.conflations for c in self.conns.values()),
+            "clients_behind": sum(1 for c in self.conns.values() if c.box.conflated),
+            "snapshots_received": hc.snapshots_received,
+            "snapshots_stale": hc.snapshots_stale,
             "batches_received": self.counters["batches_received"],
             "ingest_streams": self.counters["ingest_streams"],
             "frames_written": self.counters["frames_written"],

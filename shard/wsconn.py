@@ -18,7 +18,7 @@ from geventwebsocket.exceptions import ProtocolError as WsProtocolError
 from geventwebsocket.websocket import Header, WebSocket
 
 from shard.codes import Close, ErrorCode
-from shard.hub import Outbox
+from shard.outbox import Outbox
 from shard.protocol import (
     Ping,
     ProtocolError,
@@ -106,7 +106,7 @@ class Connection:
         self.sock: socket.socket = ws.handler.socket
         self.max_frame_bytes = cfg.max_frame_bytes
         self.event = gevent.event.Event()
-        self.box = Outbox(cfg.outbox_frames, self.event.set, conn_id)
+        self.box = Outbox(cfg.outbox_frames, self.event.set, conn_id, cfg.max_behind_s)
         self.bucket = TokenBucket(cfg.requests_per_s, cfg.request_burst)
         self.rate_strikes = 0
         self.close_code: int | None = None
@@ -187,7 +187,12 @@ class Connection:
             msg = f"at most {limit} subscriptions per connection"
             self._error(ProtocolError(ErrorCode.TOO_MANY_TOKENS, msg, req.req_id))
             return
-        self.server.hub.subscribe(self.box, new)
+        hub = self.server.hub
+        hub.subscribe(self.box, new)
+        for token in new:  # tokens the shard already carries: their last value at once
+            frame = hub.snapshot(token)
+            if frame is not None:
+                self.box.push(frame, token)
         if new:
             # Ack once the registry knows, so ticks flow from the moment the client sees it.
             self.server.writer.wait_synced(self.server.cfg.ack_timeout_s)
@@ -206,9 +211,10 @@ class Connection:
                 event.clear()
                 if box.overflowed:
                     box.frames.clear()
+                    box.conflated.clear()
                     self.close_code = Close.SLOW_CONSUMER
                     self.close_reason = "client too slow: outbox overflowed"
-                while box.frames:
+                while box.pending:
                     data, n = box.drain()
                     self._send(data)
                     counters["frames_written"] += n

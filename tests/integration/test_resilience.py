@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def test_slow_client_is_closed_4008_and_fast_client_gets_everything(stack):
     """A client that stops reading is closed with 4008; a fast one on the same token misses nothing."""
-    a = stack.shard("A", "--outbox-frames", "500")
+    a = stack.shard("A", "--outbox-frames", "500", "--max-behind-s", "0.5")
     stack.dispatcher()
     slow = websocket.create_connection(
         a.ws_url, timeout=30, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
@@ -47,6 +47,61 @@ def test_slow_client_is_closed_4008_and_fast_client_gets_everything(stack):
     st = a.stats()
     assert st["clients_overflowed"] == 1
     wait_for(lambda: a.stats()["connections"] == 1, what="slow client released")
+
+
+def test_client_briefly_behind_is_conflated_not_closed(stack):
+    """A client that pauses gets the newest value of each token, in order, and stays connected."""
+    a = stack.shard("A", "--outbox-frames", "100", "--max-behind-s", "30")
+    stack.dispatcher()
+    tokens = ["CF-1", "CF-2", "CF-3"]
+    ws = websocket.create_connection(
+        a.ws_url, timeout=30, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    ws.send(json.dumps({"op": "subscribe", "tokens": tokens, "id": 1}))
+    assert json.loads(ws.recv())["type"] == "subscribed"
+    n = 3000
+    blob = "y" * 2000
+    produce(producer(stack.kafka.bootstrap), stack.c.topic,
+            [(tokens[i % 3], json.dumps({"s": i, "pad": blob}).encode()) for i in range(n)])
+    wait_for(lambda: a.stats()["frames_conflated"] > 0, what="conflation")
+    seen: dict[str, list[int]] = {t: [] for t in tokens}
+    while not all(seen[t] and seen[t][-1] >= n - 3 for t in tokens):
+        doc = json.loads(ws.recv())
+        seen[doc["token"]].append(doc["data"]["s"])
+    for t in tokens:
+        assert seen[t] == sorted(set(seen[t]))  # per-token order, no repeats
+    assert sum(len(v) for v in seen.values()) < n  # stale values were skipped
+    ws.send(json.dumps({"op": "ping", "id": 2}))
+    assert json.loads(ws.recv())["type"] == "pong"  # still connected
+    assert a.stats()["clients_overflowed"] == 0
+
+
+def test_subscriber_gets_last_value_snapshot_at_once(stack):
+    """A new subscriber gets the token's last value as a snapshot, from dispatcher or shard."""
+    a = stack.shard("A")
+    b = stack.shard("B")
+    d = stack.dispatcher()
+    p = producer(stack.kafka.bootstrap)
+    produce(p, stack.c.topic, [("SNAP", b'{"v":%d}' % i) for i in range(5)])
+    wait_for(lambda: d.stats()["records_consumed"] == 5, what="consumed")
+
+    def first_value(client: WsClient) -> tuple[str, dict]:
+        """Subscribe; return the first data frame, whether it comes before or after the ack."""
+        client.ws.send(json.dumps({"op": "subscribe", "tokens": ["SNAP"], "id": 1}))
+        client.ws.settimeout(10)
+        acked, data = False, None
+        while not (acked and data):
+            doc = json.loads(client.ws.recv())
+            acked = acked or doc["type"] == "subscribed"
+            data = data or (doc if doc["type"] in ("snapshot", "tick") else None)
+        return data["type"], data["data"]
+
+    assert first_value(WsClient(a.ws_url)) == ("snapshot", {"v": 4})  # sent by the dispatcher
+    assert first_value(WsClient(b.ws_url)) == ("snapshot", {"v": 4})
+    later = WsClient(a.ws_url)  # A already carries SNAP: its own last value
+    assert first_value(later) == ("snapshot", {"v": 4})
+    assert d.stats()["snapshots_sent"] == 2
+    produce(p, stack.c.topic, [("SNAP", b'{"v":5}')])
+    assert json.loads(later.ticks(1)[0])["data"] == {"v": 5}
 
 
 def _committed_equals_end(bootstrap: str, group: str, topic: str) -> bool:

@@ -1,9 +1,10 @@
 """Hub fan-out and ingest core: bytes in, bytes out, no sockets."""
 
 from common.records import Record
-from shard.hub import Hub, Outbox
+from shard.hub import Hub
 from shard.ingest import IngestCore
-from shard.protocol import tick_frame
+from shard.outbox import Outbox
+from shard.protocol import snapshot_frame, tick_frame
 
 
 def _hub():
@@ -13,9 +14,10 @@ def _hub():
     return hub, events
 
 
-def _box(max_frames=10):
+def _box(max_frames=10, clock=None, max_behind_s=5.0):
     wakes = []
-    box = Outbox(max_frames, lambda: wakes.append(1))
+    box = Outbox(max_frames, lambda: wakes.append(1), max_behind_s=max_behind_s,
+                 clock=clock or (lambda: 0.0))
     return box, wakes
 
 
@@ -47,25 +49,80 @@ def test_publish_shares_one_frame_object():
     assert hub.counters.frames_queued == 3
 
 
-def test_slow_client_overflows_without_blocking_others():
-    """A full outbox is reported once as overflowed while other subscribers still get every frame."""
-    hub, _ = _hub()
-    slow, _ = _box(max_frames=2)
+def test_client_behind_gets_newest_value_per_token_in_order():
+    """Past max_frames a client's ticks are conflated: newest per token, after the queued ones."""
+    box, _ = _box(max_frames=2)
+    for i in range(6):
+        assert box.push(f"A{i}".encode(), "A")
+        assert box.push(f"B{i}".encode(), "B")
+    assert list(box.frames) == [b"A0", b"B0"]
+    assert box.conflated == {"A": b"A5", "B": b"B5"}
+    assert box.conflations == 8
+    assert box.drain() == (b"A0B0", 2)
+    assert box.push(b"A6", "A")  # still behind: conflated until everything is flushed
+    assert box.drain() == (b"A6B5", 2)
+    assert not box.pending
+    assert box.push(b"A7", "A") and list(box.frames) == [b"A7"]  # back to plain FIFO
+
+
+def test_client_behind_too_long_overflows_without_blocking_others():
+    """A client conflated for longer than max_behind_s is overflowed; others get every frame."""
+    now = [0.0]
+    slow, _ = _box(max_frames=2, clock=lambda: now[0], max_behind_s=1.0)
     fast, _ = _box(max_frames=100)
+    hub, _ = _hub()
     hub.subscribe(slow, ["T"])
     hub.subscribe(fast, ["T"])
     overflowed = []
-    for i in range(5):
+    for i in range(8):
+        now[0] = i * 0.4  # behind from t=0.8 (third frame); past 1 s behind at t=2.0
         overflowed += hub.publish("T", str(i).encode())
-    assert overflowed == [slow]
-    assert slow.overflowed and len(slow.frames) == 2
-    assert [f.decode() for f in fast.frames] == ["0", "1", "2", "3", "4"]
+    assert overflowed == [slow] and slow.overflowed
+    assert [f.decode() for f in fast.frames] == [str(i) for i in range(8)]
+
+
+def test_unsubscribe_drops_conflated_tick():
+    """No conflated tick of a token is written after the client unsubscribed from it."""
+    hub, _ = _hub()
+    box, _ = _box(max_frames=1)
+    hub.subscribe(box, ["A", "B"])
+    hub.publish("A", b"a1")
+    hub.publish("B", b"b1")
+    hub.unsubscribe(box, ["B"])
+    assert box.conflated == {}
+
+
+def test_last_value_snapshot_for_later_subscribers():
+    """Ticks keep each subscribed token's last value; later subscribers get it as a snapshot."""
+    hub, _ = _hub()
+    box, _ = _box(100)
+    hub.subscribe(box, ["A"])
+    core = IngestCore(hub, on_overflow=lambda boxes: None)
+    core.handle([Record("A", b'{"p":1}', 0, 10), Record("A", b'{"p":2}', 0, 11)])
+    assert hub.snapshot("A") == snapshot_frame("A", b'{"p":2}')
+    assert hub.snapshot("B") is None
+    hub.remove(box)
+    assert hub.snapshot("A") is None  # forgotten with its last subscriber
+
+
+def test_dispatcher_snapshot_is_delivered_once_and_never_goes_backwards():
+    """A snapshot record reaches subscribers unless the shard already has a value as new."""
+    hub, _ = _hub()
+    box, _ = _box(100)
+    hub.subscribe(box, ["A"])
+    core = IngestCore(hub, on_overflow=lambda boxes: None)
+    core.handle([Record("A", b"5", 0, 5, snapshot=True)])
+    core.handle([Record("A", b"6", 0, 6)])
+    core.handle([Record("A", b"5", 0, 5, snapshot=True), Record("Z", b"1", 0, 1, snapshot=True)])
+    assert list(box.frames) == [snapshot_frame("A", b"5"), tick_frame("A", b"6")]
+    assert hub.counters.snapshots_received == 3 and hub.counters.snapshots_stale == 1
+    assert hub.counters.records_received == 1
 
 
 def test_outbox_wakes_only_when_becoming_non_empty_and_drain_joins():
     """The writer is woken on the empty→non-empty edge; drain returns frames in order."""
     box, wakes = _box()
-    box.push(b"a")
+    box.push(b"a", "T")
     box.push(b"b")
     assert len(wakes) == 1
     assert box.drain() == (b"ab", 2)
@@ -89,10 +146,13 @@ def test_ingest_skips_tokens_without_subscribers_and_keeps_order():
 
 def test_ingest_reports_overflowed_clients():
     """The ingest core hands overflowed clients to its callback so the adapter can close them."""
+    now = [0.0]
     hub, _ = _hub()
-    box, _ = _box(1)
+    box, _ = _box(1, clock=lambda: now[0], max_behind_s=1.0)
     hub.subscribe(box, ["A"])
     reported = []
     core = IngestCore(hub, on_overflow=reported.extend)
     core.handle([Record("A", b"1"), Record("A", b"2")])
+    now[0] = 2.0
+    core.handle([Record("A", b"3")])
     assert reported == [box]
