@@ -26,6 +26,7 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
+MAX_BATCH_BYTES = 4 << 20  # payload bytes per DeliveryBatch (shards accept messages up to 64 MiB)
 
 
 class ShardSender:
@@ -104,7 +105,8 @@ class ShardSender:
         """Request stream: batches as the queue yields them, until the call ends."""
         epoch = self.queue.epoch
         while alive.is_set() and not self._stop.is_set() and epoch == self.queue.epoch:
-            got = self.queue.take(self.max_batch_records, timeout_s=0.25, epoch=epoch)
+            got = self.queue.take(self.max_batch_records, timeout_s=0.25, epoch=epoch,
+                                  max_bytes=MAX_BATCH_BYTES)
             if got is None:
                 continue
             seq, records = got

@@ -68,19 +68,29 @@ class ShardQueue:
                 self._cond.notify()
 
     def take(
-        self, max_records: int, timeout_s: float, epoch: int
+        self, max_records: int, timeout_s: float, epoch: int, max_bytes: int = 1 << 22
     ) -> tuple[int, list[Record]] | None:
         """Wait for records and credit on stream `epoch`; (seq, records), or None on timeout,
-        close, or when that stream has died."""
+        close, or when that stream has died.
+
+        A batch holds at most `max_records` records and, past its first record, at
+        most about `max_bytes` of payload, so it stays under gRPC's message limit.
+        """
         with self._cond:
             ready = self._cond.wait_for(lambda: self._sendable(epoch), timeout_s)
             if not ready or self.closed or self._window == 0 or epoch != self.epoch:
                 return None
-            n = min(max_records, len(self._records))
-            pop = self._records.popleft
-            batch = [pop() for _ in range(n)]
+            records = self._records
+            first = records.popleft()
+            batch = [first]
+            size = len(first.payload)
+            while records and len(batch) < max_records:
+                size += len(records[0].payload) + len(records[0].token)
+                if size > max_bytes:
+                    break
+                batch.append(records.popleft())
             self._sent_seq += 1
-            self.sent_records += n
+            self.sent_records += len(batch)
             return self._sent_seq, batch
 
     def _sendable(self, epoch: int) -> bool:

@@ -58,7 +58,11 @@ class ShardServer:
             (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=WebSocketHandler, log=None
         )
         self.ws_server.pre_start_hook = self._plain_http
-        self.grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+        # One worker per live ingest stream (one per dispatcher) for its whole life, plus headroom.
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64),
+            options=[("grpc.max_receive_message_length", 64 << 20)],
+        )
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:

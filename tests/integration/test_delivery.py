@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 
 import pytest
 
@@ -39,6 +41,26 @@ def test_client_on_shard_b_gets_its_ticks_with_payload_bytes_unchanged(stack):
             assert raw == b'{"type":"tick","token":"TOK-1","data":' + payload + b"}"
         else:
             assert base64.b64decode(json.loads(frame)["data_b64"]) == payload
+
+
+def test_large_payloads_arrive_intact_even_when_they_pile_up(stack):
+    """12 MiB of 512 KiB payloads queued for a paused shard arrive intact (batches capped by bytes)."""
+    a = stack.shard("A", "--ingest-window", "1", "--heartbeat-ttl-s", "60")
+    d = stack.dispatcher()
+    client = WsClient(a.ws_url, timeout_s=30)
+    client.subscribe("BIG")
+    payloads = [json.dumps({"i": i, "blob": chr(65 + i % 26) * (512 * 1024 - 40)}).encode()
+                for i in range(24)]
+    os.kill(a.proc.pid, signal.SIGSTOP)  # let them pile up in the dispatcher's queue for A
+    try:
+        produce(producer(stack.kafka.bootstrap), stack.c.topic, [("BIG", x) for x in payloads])
+        wait_for(lambda: d.stats()["records_consumed"] == len(payloads), what="consumed")
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    frames = client.ticks(len(payloads), timeout_s=60)
+    for frame, payload in zip(frames, payloads, strict=True):
+        assert frame.encode() == b'{"type":"tick","token":"BIG","data":' + payload + b"}"
+    assert d.stats()["shards"]["A"]["connects"] == 1  # no stream broke on an oversized message
 
 
 def test_targeted_mode_sends_nothing_to_shards_without_subscribers(stack):

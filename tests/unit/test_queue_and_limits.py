@@ -36,6 +36,17 @@ def test_queue_respects_credit_window():
     assert q.take(2, 0.01, q.epoch)[0] == 3
 
 
+def test_batches_are_capped_by_bytes_too():
+    """A batch stops before exceeding max_bytes, but always carries at least one record."""
+    q = ShardQueue(100)
+    q.offer([Record("T", b"x" * 600) for _ in range(5)])
+    q.open_stream(window=10)
+    sizes = [len(q.take(10, 0.01, q.epoch, max_bytes=1000)[1]) for _ in range(5)]
+    assert sizes[:5] == [1, 1, 1, 1, 1]
+    q.offer([Record("T", b"x" * 100) for _ in range(20)])
+    assert len(q.take(100, 0.01, q.epoch, max_bytes=1000)[1]) == 9
+
+
 def test_dead_stream_epoch_stops_taking():
     """After a stream dies its request iterator (old epoch) gets nothing, even on a new stream."""
     q = ShardQueue(100)
