@@ -22,6 +22,7 @@ class Close(IntEnum):
     INTERNAL_ERROR = 1011
     SERVICE_RESTART = 1012  # drained: reconnect after a jittered pause
     TRY_AGAIN_LATER = 1013
+    IDLE_TIMEOUT = 4001  # nothing received (not even a pong) for --idle-timeout-s
     SLOW_CONSUMER = 4008  # outbound queue overflowed: client could not keep up
     RATE_LIMITED = 4029  # kept sending after repeated rate-limit errors
 

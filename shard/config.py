@@ -28,6 +28,8 @@ class ShardConfig:
     request_burst: int
     outbox_frames: int
     max_behind_s: float
+    ping_interval_s: float
+    idle_timeout_s: float
     write_timeout_s: float
     ingest_window_batches: int
     ack_timeout_s: float
@@ -66,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     f("outbox-frames", "SHARDCAST_OUTBOX_FRAMES", 2048, "per-client queue before conflation", positive(int))
     f("max-behind-s", "SHARDCAST_MAX_BEHIND_S", 5.0,
       "how long a client may stay conflated before 4008", positive(float))
+    f("ping-interval-s", "SHARDCAST_PING_INTERVAL_S", 20.0, "ping clients quiet this long",
+      positive(float))
+    f("idle-timeout-s", "SHARDCAST_IDLE_TIMEOUT_S", 60.0, "close clients silent this long (4001)",
+      positive(float))
     f("write-timeout-s", "SHARDCAST_WRITE_TIMEOUT_S", 10.0, "stuck write before disconnect", positive(float))
     f("ingest-window", "SHARDCAST_INGEST_WINDOW", 32, "unacked batches a dispatcher may send", positive(int))
     f("ack-timeout-s", "SHARDCAST_ACK_TIMEOUT_S", 2.0,
@@ -74,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     a = p.parse_args(argv)
     if a.heartbeat_ttl_s < 2 * a.heartbeat_s:
         p.error("--heartbeat-ttl-s must be at least twice --heartbeat-s")
+    if a.idle_timeout_s <= a.ping_interval_s:
+        p.error("--idle-timeout-s must exceed --ping-interval-s")
     return ShardConfig(
         shard_id=a.id,
         host=a.host,
@@ -92,6 +100,8 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
         request_burst=a.request_burst,
         outbox_frames=a.outbox_frames,
         max_behind_s=a.max_behind_s,
+        ping_interval_s=a.ping_interval_s,
+        idle_timeout_s=a.idle_timeout_s,
         write_timeout_s=a.write_timeout_s,
         ingest_window_batches=a.ingest_window,
         ack_timeout_s=a.ack_timeout_s,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from collections import Counter
 from concurrent import futures
 from pathlib import Path
@@ -25,6 +26,7 @@ from shard.config import ShardConfig
 from shard.grpc_ingest import IngestServicer, add_to_server
 from shard.hub import Hub
 from shard.ingest import IngestCore
+from shard.keepalive import Action, keepalive_action
 from shard.outbox import Outbox
 from shard.registry_writer import RegistryWriter, make_info
 from shard.wsconn import Connection, LimitedWebSocket
@@ -54,6 +56,7 @@ class ShardServer:
         self.hub.on_first = lambda token: self.writer.mark(token, True)
         self.hub.on_last = lambda token: self.writer.mark(token, False)
         self.accepting = True
+        self._sweeper: gevent.Greenlet | None = None
         self.ws_server = pywsgi.WSGIServer(
             (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=WebSocketHandler, log=None
         )
@@ -75,11 +78,14 @@ class ShardServer:
         self.grpc_server.start()
         self.writer.start()
         self.ws_server.start()
+        self._sweeper = gevent.spawn(self._keepalive_loop)
         log.info("shard up ws=%s grpc=%s", self.cfg.ws_url, self.cfg.grpc_addr)
 
     def stop(self) -> None:
         """Refuse new clients, close the current ones (1001), deregister, stop servers."""
         self.accepting = False
+        if self._sweeper is not None:
+            self._sweeper.kill(block=False)
         for conn in list(self.conns.values()):
             conn.close(Close.GOING_AWAY, "shard shutting down")
         deadline = gevent.get_hub().loop.now() + 3
@@ -138,6 +144,22 @@ class ShardServer:
             del self.conns[conn_id]
             self.counters["frames_conflated"] += conn.box.conflations
 
+    def _keepalive_loop(self) -> None:
+        """Ping quiet clients and close silent ones (see shard.keepalive)."""
+        cfg = self.cfg
+        period = min(cfg.ping_interval_s / 2, 5.0)
+        while True:
+            gevent.sleep(period)
+            now = time.monotonic()
+            for conn in list(self.conns.values()):
+                action = keepalive_action(now, conn.last_rx, conn.last_ping,
+                                          cfg.ping_interval_s, cfg.idle_timeout_s)
+                if action is Action.PING:
+                    conn.ping(now)
+                elif action is Action.CLOSE:
+                    self.counters["clients_idle_closed"] += 1
+                    conn.close(Close.IDLE_TIMEOUT, "no traffic from client")
+
     def _on_overflow(self, boxes: list[Outbox]) -> None:
         """A subscriber fell behind: its writer closes it with SLOW_CONSUMER; drop its subs now."""
         for box in boxes:
@@ -168,6 +190,7 @@ class ShardServer:
             "frames_written": self.counters["frames_written"],
             "errors_sent": self.counters["errors_sent"],
             "upgrades_refused": self.counters["upgrades_refused"],
+            "clients_idle_closed": self.counters["clients_idle_closed"],
             "connections_total": self.counters["connections_total"],
             "registry_synced": self.writer.synced,
             "registered_tokens": len(self.writer.registered),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING
 
 import gevent
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from shard.server import ShardServer
 
 log = logging.getLogger(__name__)
+OP_PING = 0x9
 OP_PONG = 0xA
 MAX_RATE_STRIKES = 20
 
@@ -71,6 +73,7 @@ class LimitedWebSocket(WebSocket):
     def read_frame(self):  # type: ignore[override]
         conn: Connection = self.handler.sc_conn
         header = Header.decode_header(self.stream)
+        conn.last_rx = time.monotonic()
         if header.flags:
             raise WsProtocolError("reserved bits set")
         if header.opcode == self.OPCODE_CONTINUATION or (header.opcode < 8 and not header.fin):
@@ -109,6 +112,7 @@ class Connection:
         self.box = Outbox(cfg.outbox_frames, self.event.set, conn_id, cfg.max_behind_s)
         self.bucket = TokenBucket(cfg.requests_per_s, cfg.request_burst)
         self.rate_strikes = 0
+        self.last_rx = self.last_ping = time.monotonic()
         self.close_code: int | None = None
         self.close_reason = ""
         self.write_timeout = gevent.Timeout(cfg.write_timeout_s)
@@ -126,6 +130,11 @@ class Connection:
             writer.join(timeout=2)
             writer.kill(block=False)
             self.ws.closed = True  # the stock handler must not write a close frame of its own
+
+    def ping(self, now: float) -> None:
+        """Queue a WebSocket ping; the client's pong (any frame) proves it is alive."""
+        self.last_ping = now
+        self.box.push(ws_frame(b"", OP_PING))
 
     def close(self, code: int, reason: str) -> None:
         """Ask the writer to flush (unless overflowed), send a close frame and hang up."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,6 +97,19 @@ def test_malformed_requests_get_error_frames_and_connection_survives(stack):
     produce(producer(stack.kafka.bootstrap), stack.c.topic, [("S4", b'{"ok":true}')])
     assert json.loads(c.ticks(1)[0])["data"] == {"ok": True}
     assert a.stats()["errors_sent"] == len(cases) + 1
+
+
+def _split_frames(raw: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked server frame in `raw`."""
+    out = []
+    while raw:
+        n = raw[1] & 0x7F
+        start = 2 if n < 126 else 4 if n == 126 else 10
+        if n >= 126:
+            n = int.from_bytes(raw[2:start], "big")
+        out.append((raw[0] & 0x0F, raw[start:start + n]))
+        raw = raw[start + n:]
+    return out
 
 
 def _closed_with(ws: websocket.WebSocket) -> int:
@@ -193,3 +207,24 @@ def test_upgrades_beyond_max_connections_get_503_not_a_hang(stack):
     held.pop().close()
     wait_for(lambda: a.stats()["connections"] == 1, what="slot freed")
     assert WsClient(a.ws_url).request({"op": "ping"})["type"] == "pong"
+
+
+def test_silent_clients_are_pinged_then_closed_4001_live_ones_stay(stack):
+    """A client that never answers pings is closed with 4001; one that pongs stays connected."""
+    a = stack.shard("A", "--ping-interval-s", "0.3", "--idle-timeout-s", "1.2")
+    silent = WsClient(a.ws_url)
+    live = WsClient(a.ws_url)
+    deadline = time.monotonic() + 2.5
+    live.ws.settimeout(0.2)
+    while time.monotonic() < deadline:  # recv() answers the shard's pings with pongs
+        with contextlib.suppress(websocket.WebSocketTimeoutException):
+            live.ws.recv()
+    assert live.request({"op": "ping"})["type"] == "pong"
+    raw = b""  # the silent client reads only now, raw bytes (no automatic pong)
+    silent.ws.sock.settimeout(5)
+    while chunk := silent.ws.sock.recv(65536):
+        raw += chunk
+    frames = _split_frames(raw)
+    assert frames[0][0] == 0x9 and frames[-1][0] == 0x8  # pinged first, closed last
+    assert int.from_bytes(frames[-1][1][:2], "big") == 4001
+    assert a.stats()["clients_idle_closed"] == 1

@@ -75,3 +75,17 @@ def test_backoff_grows_caps_and_resets():
     assert delays[0] <= 0.1 and all(d <= 1.0 for d in delays) and max(delays) >= 0.5
     b.reset()
     assert b.next_delay_s() <= 0.1
+
+
+def test_keepalive_pings_quiet_clients_and_closes_silent_ones():
+    """Quiet past the ping interval → one ping per interval; silent past the idle timeout → close."""
+    from shard.keepalive import Action, keepalive_action
+
+    assert keepalive_action(10, last_rx=5, last_ping=0, ping_interval_s=20, idle_timeout_s=60) \
+        is Action.NONE
+    assert keepalive_action(30, last_rx=5, last_ping=0, ping_interval_s=20, idle_timeout_s=60) \
+        is Action.PING
+    assert keepalive_action(30, last_rx=5, last_ping=25, ping_interval_s=20, idle_timeout_s=60) \
+        is Action.NONE
+    assert keepalive_action(70, last_rx=5, last_ping=50, ping_interval_s=20, idle_timeout_s=60) \
+        is Action.CLOSE
