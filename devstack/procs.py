@@ -69,7 +69,11 @@ def _die_with_parent() -> None:
 
 def spawn(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
           cwd: Path = ROOT) -> subprocess.Popen:
-    """Start a child in its own process group, output to `log_path`, tied to our lifetime."""
+    """Start a child in its own process group, output to `log_path`, tied to our lifetime.
+
+    Call it from the main thread: the kernel ties the child to the *thread*
+    that forked it, so a child spawned from a short-lived thread dies with it.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     full_env = {**os.environ, **(env or {})}

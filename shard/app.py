@@ -34,13 +34,19 @@ def main(argv: list[str] | None = None) -> None:
 
     gevent.signal_handler(signal.SIGTERM, on_signal)
     gevent.signal_handler(signal.SIGINT, on_signal)
-    try:
-        server.start()
-    except Exception:
-        log.exception("shard failed to start")
-        sys.exit(1)
+    failed: list[BaseException] = []
+
+    def on_start_failure(greenlet: gevent.Greenlet) -> None:
+        log.error("shard failed to start: %r", greenlet.exception)
+        failed.append(greenlet.exception)
+        done.set()
+
+    starter = gevent.spawn(server.start)  # may wait for Redis; a signal must still stop us
+    starter.link_exception(on_start_failure)
     done.wait()
+    starter.kill()
     server.stop()
+    sys.exit(1 if failed else 0)
 
 
 FD_RESERVE = 256  # gRPC, Redis, logs and accept headroom besides one fd per client

@@ -66,10 +66,21 @@ class RegistryWriter:
         return True
 
     def start(self) -> None:
-        """Clean up a previous life with this id, register as live, then keep in sync."""
-        self._resync()
-        self.registry.heartbeat(self.info(), self.ttl_ms)
-        self.registry.announce("up", self.info().shard_id)
+        """Clean up a previous life with this id, register as live, then keep in sync.
+
+        Waits (with backoff) for Redis rather than fail, so a shard started
+        before its Redis simply becomes healthy once Redis is there.
+        """
+        backoff = Backoff(base_s=0.2, cap_s=5.0)
+        while True:
+            try:
+                self._resync()
+                self.registry.heartbeat(self.info(), self.ttl_ms)
+                self.registry.announce("up", self.info().shard_id)
+                break
+            except redis.RedisError as exc:
+                log.warning("registry unreachable at start, retrying: %s", exc)
+                gevent.sleep(backoff.next_delay_s())
         self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._heartbeat_loop)]
 
     def stop(self) -> None:

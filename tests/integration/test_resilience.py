@@ -6,13 +6,14 @@ import json
 import os
 import signal
 import socket
+import time
 
 import pytest
 import redis
 import websocket
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from devstack.procs import free_port, stop
+from devstack.procs import free_port, http_json, python_cmd, spawn, stop, wait_until
 from devstack.redis_server import RedisServer
 from tests.integration.helpers import WsClient, produce, producer, wait_for
 
@@ -199,3 +200,24 @@ def test_frozen_shard_backs_up_only_its_own_stream(stack):
     got_a = [json.loads(f)["data"]["s"] for f in ca.ticks(kept, timeout_s=30)]
     assert got_a == sorted(got_a) and got_a[-1] == n - 1  # oldest dropped, order kept
     assert got_a[-5000:] == list(range(n - 5000, n))
+
+
+def test_shard_started_before_redis_registers_once_redis_is_up(stack, workdir):
+    """A shard whose Redis is not up yet waits (no crash) and registers as soon as Redis starts."""
+    port = free_port()
+    ws_port = free_port()
+    own = RedisServer(workdir / f"redis-late-{port}", port)
+    cmd = python_cmd("-m", "shard", "--id", "A", "--ws-port", str(ws_port),
+                     "--grpc-port", str(free_port()), "--redis-url", own.url,
+                     "--namespace", stack.c.namespace)
+    proc = spawn(cmd, stack.c.logdir / "shard-late.log")
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None  # still waiting, not crashed
+        own.start()
+        wait_until(lambda: http_json(f"http://127.0.0.1:{ws_port}/healthz")[0] == 200, 20,
+                   "late shard healthy", proc=proc)
+        assert redis.Redis.from_url(own.url).exists(f"{stack.c.namespace}:shard:A")
+    finally:
+        stop(proc)
+        own.stop()
