@@ -115,6 +115,7 @@ class Connection:
         self.last_rx = self.last_ping = time.monotonic()
         self.close_code: int | None = None
         self.close_reason = ""
+        self.peer_gone = False
         self.write_timeout = gevent.Timeout(cfg.write_timeout_s)
 
     # -- lifecycle -------------------------------------------------------
@@ -125,10 +126,13 @@ class Connection:
             self._read_loop()
         finally:
             self.server.hub.remove(self.box)
-            if self.close_code is None:
-                self.close(Close.GOING_AWAY, "")
-            writer.join(timeout=2)
-            writer.kill(block=False)
+            if self.peer_gone:
+                writer.kill(block=False)  # nothing can be written to a dead socket
+            else:
+                if self.close_code is None:
+                    self.close(Close.GOING_AWAY, "")
+                writer.join(timeout=2)  # let it flush and send the close frame
+                writer.kill(block=False)
             self.ws.closed = True  # the stock handler must not write a close frame of its own
 
     def ping(self, now: float) -> None:
@@ -161,7 +165,7 @@ class Connection:
                 self.close(Close.PROTOCOL_ERROR, str(exc)[:100])
                 return
             except OSError:
-                self.close_code = Close.GOING_AWAY  # socket gone: nothing more to write
+                self.peer_gone = True
                 return
             if msg is None:
                 return
