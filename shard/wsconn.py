@@ -107,6 +107,9 @@ class Connection:
         self.server = server
         self.ws = ws
         self.sock: socket.socket = ws.handler.socket
+        # We coalesce frames ourselves (Outbox.drain); Nagle would instead hold a
+        # tick until the client's delayed ACK of the previous frame, up to 40 ms.
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.max_frame_bytes = cfg.max_frame_bytes
         self.event = gevent.event.Event()
         self.box = Outbox(cfg.outbox_frames, self.event.set, conn_id, cfg.max_behind_s)
