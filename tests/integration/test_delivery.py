@@ -10,6 +10,7 @@ import signal
 import pytest
 
 from common.registry import Registry
+from devstack.procs import stop
 from tests.integration.helpers import WsClient, produce, producer, wait_for
 
 pytestmark = pytest.mark.integration
@@ -158,3 +159,29 @@ def test_per_token_order_for_10000_records_over_3_partitions(stack):
             assert doc["data"]["s"] == seen[doc["token"]] + 1, "out of order or gap"
             seen[doc["token"]] = doc["data"]["s"]
         assert seen == {t: seq[t] for t in wanted}
+
+
+def test_two_dispatchers_share_partitions_and_hand_over_on_stop(stack):
+    """Two dispatchers in one group split the partitions; when one stops the other takes over."""
+    a = stack.shard("A")
+    d1 = stack.dispatcher(dispatcher_id="d1")
+    d2 = stack.dispatcher(dispatcher_id="d2")
+    wait_for(lambda: d1.healthy() and d2.healthy(), timeout_s=30, interval_s=0.2,
+             what="both dispatchers hold partitions")
+    tokens = [f"MD-{i}" for i in range(30)]
+    client = WsClient(a.ws_url)
+    client.subscribe(*tokens)
+    p = producer(stack.kafka.bootstrap)
+    items = [(tokens[i % 30], b'{"s":%d}' % (i // 30)) for i in range(3000)]
+    produce(p, stack.c.topic, items)
+    seen = dict.fromkeys(tokens, -1)
+    for frame in client.ticks(3000, timeout_s=60):
+        doc = json.loads(frame)
+        assert doc["data"]["s"] == seen[doc["token"]] + 1
+        seen[doc["token"]] = doc["data"]["s"]
+    s1, s2 = d1.stats()["records_consumed"], d2.stats()["records_consumed"]
+    assert s1 + s2 == 3000 and s1 > 0 and s2 > 0  # each record once, both working
+    stop(d1.proc)
+    produce(p, stack.c.topic, [(t, b'{"s":100}') for t in tokens])
+    got = {json.loads(f)["token"]: json.loads(f)["data"]["s"] for f in client.ticks(30, timeout_s=60)}
+    assert got == dict.fromkeys(tokens, 100)  # d2 now serves every partition, nothing replayed
