@@ -1,0 +1,46 @@
+"""Process configuration: flags over env vars over defaults, validated in one place."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dispatcher.config import parse_args as dispatcher_args
+from dispatcher.routing import Mode
+from shard.config import parse_args as shard_args
+
+
+def test_flag_beats_env_beats_default(monkeypatch):
+    """A flag overrides its SHARDCAST_* variable, which overrides the default."""
+    monkeypatch.setenv("SHARDCAST_MODE", "broadcast")
+    monkeypatch.setenv("SHARDCAST_MAX_POLL_RECORDS", "700")
+    cfg = dispatcher_args(["--max-poll-records", "900"])
+    assert cfg.mode is Mode.BROADCAST and cfg.max_poll_records == 900
+    assert cfg.commit_interval_s == 1.0
+
+
+def test_shard_config_validates_relations():
+    """Inconsistent settings are refused at start-up, not discovered in production."""
+    with pytest.raises(SystemExit):
+        shard_args(["--heartbeat-s", "2", "--heartbeat-ttl-s", "3"])
+    with pytest.raises(SystemExit):
+        shard_args(["--ping-interval-s", "30", "--idle-timeout-s", "10"])
+    with pytest.raises(SystemExit):
+        shard_args(["--max-connections", "0"])
+    with pytest.raises(SystemExit):
+        dispatcher_args(["--max-poll-records", "5000", "--shard-queue-records", "100"])
+
+
+def test_shard_advertises_bind_host_by_default():
+    """The registry gets the bind host unless an advertise host is given."""
+    cfg = shard_args(["--id", "s9", "--host", "127.0.0.2", "--grpc-port", "9999"])
+    assert cfg.grpc_addr == "127.0.0.2:9999" and cfg.ws_url == "ws://127.0.0.2:8701/ws"
+    assert shard_args(["--advertise-host", "shard9.local"]).grpc_addr.startswith("shard9.local:")
+
+
+@pytest.mark.parametrize("module", ["dispatcher", "shard"])
+def test_help_lists_every_option_with_its_env_var(module):
+    """`python -m <process> --help` documents each flag with its environment variable."""
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "SHARDCAST_REDIS_URL" in out and "--namespace" in out
