@@ -8,7 +8,6 @@ import time
 from dataclasses import asdict
 
 from common.cli import setup_logging
-from common.records import Record
 from dispatcher.config import DispatcherConfig, parse_args
 from dispatcher.consumer import ConsumerLoop
 from dispatcher.registry_sync import RegistrySync
@@ -70,9 +69,8 @@ class Dispatcher:
         token = (query.get("token") or [""])[0]
         if not token:
             return 400, {"error": "token query parameter required"}
-        live = self.sync.live.keys()
-        plan = Router(self.sync, self.router.mode).route([Record(token, b"")], live)
-        return 200, {"token": token, "mode": str(self.router.mode), "shards": sorted(plan)}
+        shards = self.router.targets(token, self.sync.live.keys())
+        return 200, {"token": token, "mode": str(self.router.mode), "shards": sorted(shards)}
 
     def stats(self) -> dict[str, object]:
         rc = self.router.counters

@@ -111,6 +111,12 @@ class Router:
             return {sid: shared for sid in live}
         return self._targeted(records, frozenset(live))
 
+    def targets(self, token: str, live: Collection[str]) -> frozenset[str]:
+        """The shards a record of `token` would go to now (no counters touched)."""
+        if self.mode is Mode.BROADCAST or not self.lookup.healthy:
+            return frozenset(live)
+        return self.lookup.shards_for(token) & frozenset(live)
+
     def _targeted(self, records: Sequence[Record], live: frozenset[str]) -> dict[str, list[Record]]:
         plan: dict[str, list[Record]] = {sid: [] for sid in live}
         cache: dict[str, frozenset[str]] = {}

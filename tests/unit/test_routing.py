@@ -28,6 +28,17 @@ def test_targeted_counts_deliveries_and_unrouted():
     assert (r.counters.records, r.counters.deliveries, r.counters.unrouted) == (2, 2, 1)
 
 
+def test_targets_answers_lookups_without_counting():
+    """targets() names the live shards a token would reach, in either mode, counting nothing."""
+    t = _table({"A": {"s1", "s9"}})
+    r = Router(t)
+    assert r.targets("A", {"s1", "s2"}) == {"s1"}
+    assert r.targets("Z", {"s1", "s2"}) == frozenset()
+    r.mode = Mode.BROADCAST
+    assert r.targets("Z", {"s1", "s2"}) == {"s1", "s2"}
+    assert r.counters.records == 0
+
+
 def test_broadcast_sends_everything_everywhere():
     """Broadcast mode ignores the table and gives every live shard every record."""
     recs = [Record("A", b"1"), Record("B", b"2")]
