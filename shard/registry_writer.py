@@ -112,14 +112,9 @@ class RegistryWriter:
         gen = self._gen
         if self._need_resync:
             self._resync()
-        else:
+        else:  # on failure the loop sets _need_resync: the next pass rewrites everything
             pending, self._pending = self._pending, {}
-            try:
-                self._apply(pending)
-            except redis.RedisError:
-                for token, present in pending.items():
-                    self._pending.setdefault(token, present)
-                raise
+            self._apply(pending)
         self.synced = True
         self._synced_gen = gen
         done, self._flushed = self._flushed, gevent.event.Event()
