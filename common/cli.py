@@ -7,6 +7,7 @@ Precedence: command-line flag, then environment variable, then default. The
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -48,7 +49,5 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def setup_logging(component: str, ident: str, level: str = "INFO") -> None:
     """key=value log lines tagged with the process's component and id."""
-    import logging
-
     fmt = f"ts=%(asctime)s level=%(levelname)s {component}={ident} logger=%(name)s msg=\"%(message)s\""
     logging.basicConfig(level=level.upper(), format=fmt)

@@ -8,6 +8,7 @@ market feed. Payload: JSON with token, price, bid, ask, size, seq and ts_ms.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import math
@@ -51,8 +52,6 @@ class Market:
             self.cum.append(acc)
 
     def next_tick(self) -> tuple[str, bytes]:
-        import bisect
-
         token = self.tokens[min(bisect.bisect(self.cum, self.rng.random()), len(self.tokens) - 1)]
         price = self.prices[token] * math.exp(self.rng.gauss(0, 0.0005))
         self.prices[token] = price

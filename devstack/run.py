@@ -50,6 +50,7 @@ def main() -> None:
     procs = []
     shard_ids: list[str] = []
     urls: list[str] = []
+    redis_url = ""
     try:
         redis_url = env.get("SHARDCAST_REDIS_URL") or _start(
             servers, RedisServer(workdir / "redis", _port(16379))).url
@@ -83,7 +84,7 @@ def main() -> None:
     finally:
         log.info("stopping")
         stop_all(list(reversed(procs)))
-        if shard_ids and "redis_url" in locals():
+        if shard_ids and redis_url:
             _scrub(redis_url, shard_ids)
         for s in reversed(servers):
             s.stop()

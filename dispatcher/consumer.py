@@ -8,7 +8,6 @@ after the last handed-on record instead of skipping or replaying a backlog.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -146,9 +145,8 @@ class ConsumerLoop:
             log.warning("offset commit failed: %s", exc)
 
     def _close(self) -> None:
+        """Final commit of everything handed on, then leave the group."""
+        self.commit()
         c, self.consumer = self.consumer, None
-        if c is None:
-            return
-        with contextlib.suppress(KafkaError):
-            c.commit()
-        c.close(autocommit=False)
+        if c is not None:
+            c.close(autocommit=False)

@@ -6,7 +6,7 @@ with Redis by `registry_sync`); tests pass a dictionary.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -96,7 +96,7 @@ class Router:
         self.mode = mode
         self.counters = RouteCounters()
 
-    def route(self, records: Sequence[Record], live: Collection[str]) -> dict[str, list[Record]]:
+    def route(self, records: list[Record], live: Collection[str]) -> dict[str, list[Record]]:
         """Return shard id → its records, in input order; only live shards appear."""
         c = self.counters
         c.records += len(records)
@@ -107,8 +107,7 @@ class Router:
             if self.mode is Mode.TARGETED:
                 c.fallback_batches += 1
             c.deliveries += len(records) * len(live)
-            shared = list(records)
-            return {sid: shared for sid in live}
+            return {sid: records for sid in live}  # one read-only list shared by every shard
         return self._targeted(records, frozenset(live))
 
     def targets(self, token: str, live: Collection[str]) -> frozenset[str]:
@@ -117,7 +116,7 @@ class Router:
             return frozenset(live)
         return self.lookup.shards_for(token) & frozenset(live)
 
-    def _targeted(self, records: Sequence[Record], live: frozenset[str]) -> dict[str, list[Record]]:
+    def _targeted(self, records: list[Record], live: frozenset[str]) -> dict[str, list[Record]]:
         plan: dict[str, list[Record]] = {sid: [] for sid in live}
         cache: dict[str, frozenset[str]] = {}
         shards_for = self.lookup.shards_for

@@ -21,7 +21,10 @@ class ShardStreams:
         self.max_batch_records = max_batch_records
         self.backoff_cap_s = backoff_cap_s
         self.senders: dict[str, ShardSender] = {}
-        self.dropped_gone = 0  # records for shards stopped meanwhile
+        # Records lost to shards no longer streamed: routed to a shard without a
+        # sender, plus every drop of a sender's queue once that sender is stopped
+        # (its own per-shard stats disappear with it).
+        self.dropped_gone = 0
         self._seen: dict[str, ShardInfo] | None = None
 
     def reconcile(self, live: dict[str, ShardInfo]) -> None:

@@ -79,9 +79,6 @@ class Hub:
         box.closed = True
         self.unsubscribe(box, list(box.tokens))
 
-    def has_subscribers(self, token: str) -> bool:
-        return token in self.subs
-
     def publish(self, token: str, frame: bytes) -> list[Outbox]:
         """Queue `frame` for every subscriber of `token`; return the clients that overflowed."""
         members = self.subs.get(token)

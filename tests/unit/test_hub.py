@@ -34,7 +34,7 @@ def test_first_and_last_subscriber_callbacks():
     assert events == [("first", "T")]
     hub.remove(b)
     assert events == [("first", "T"), ("last", "T")]
-    assert not hub.has_subscribers("T")
+    assert "T" not in hub.subs
 
 
 def test_publish_shares_one_frame_object():
