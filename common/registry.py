@@ -4,7 +4,8 @@ Keys (``ns`` is the namespace, ``shardcast`` by default, so several stacks or
 test runs can share one Redis):
 
 * ``{ns}:shards`` — set of every shard id that has registered.
-* ``{ns}:shard:{id}`` — hash (grpc, ws, started_ms, hb_ms, connections, tokens)
+* ``{ns}:shard:{id}`` — hash (grpc, ws, started_ms, hb_ms, period_ms, ttl_ms,
+  connections, tokens)
   with a TTL; it exists exactly while the shard heartbeats, so its presence
   *is* liveness.
 * ``{ns}:route:{token}`` — set of shard ids with at least one local subscriber.
@@ -59,6 +60,8 @@ class ShardInfo:
     hb_ms: int
     connections: int
     tokens: int
+    period_ms: int = 0  # how often the shard heartbeats
+    ttl_ms: int = 0  # the TTL each heartbeat sets
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ class Registry:
             "hb_ms": info.hb_ms,
             "connections": info.connections,
             "tokens": info.tokens,
+            "period_ms": info.period_ms,
+            "ttl_ms": info.ttl_ms,
         }
         argv: list[object] = [ttl_ms, info.shard_id]
         for k, v in fields.items():
@@ -163,12 +168,12 @@ class Registry:
         pipe.execute()
 
     # -- dispatcher side -------------------------------------------------
-    def load_shards(self, min_ttl_ms: int = 0) -> tuple[dict[str, ShardInfo], list[str]]:
+    def load_shards(self, slack_ms: int = 0) -> tuple[dict[str, ShardInfo], list[str]]:
         """Return (live shards by id, ids registered but no longer heartbeating).
 
-        A shard whose liveness key has less than `min_ttl_ms` left counts as dead
-        already: a reader that re-reads every `min_ttl_ms` thus drops a silent
-        shard no later than its TTL, by Redis's own clock (no clock skew).
+        A shard whose liveness key has less than `expiry_margin_ms` left counts
+        as dead already, so a reader that re-reads well within `slack_ms` drops a
+        silent shard before its TTL runs out, by Redis's own clock (no skew).
         """
         ids = sorted(m.decode() for m in self.r.smembers(self.shards_key()))
         pipe = self.r.pipeline(transaction=False)
@@ -180,7 +185,7 @@ class Registry:
         dead: list[str] = []
         for i, sid in enumerate(ids):
             info = _shard_info(sid, replies[2 * i])
-            if info is None or 0 <= replies[2 * i + 1] < min_ttl_ms:
+            if info is None or 0 <= replies[2 * i + 1] < expiry_margin_ms(info, slack_ms):
                 dead.append(sid)
             else:
                 live[sid] = info
@@ -222,9 +227,24 @@ def _shard_info(shard_id: str, h: Mapping[bytes, bytes]) -> ShardInfo | None:
             hb_ms=int(h[b"hb_ms"]),
             connections=int(h.get(b"connections", 0)),
             tokens=int(h.get(b"tokens", 0)),
+            period_ms=int(h.get(b"period_ms", 0)),
+            ttl_ms=int(h.get(b"ttl_ms", 0)),
         )
     except (KeyError, ValueError):
         return None
+
+
+def expiry_margin_ms(info: ShardInfo, slack_ms: int) -> int:
+    """How long before its key expires a silent shard is already counted dead.
+
+    `slack_ms` covers the reader's refresh period and scheduling delays; it is
+    capped at the shard's TTL minus two heartbeat periods, so a live shard,
+    whose key never drops below TTL minus one period, is never taken for dead.
+    A shard that did not publish its timings gets no margin.
+    """
+    if info.ttl_ms <= 0 or info.period_ms <= 0:
+        return 0
+    return max(0, min(slack_ms, info.ttl_ms - 2 * info.period_ms))
 
 
 def now_ms() -> int:

@@ -122,7 +122,9 @@ class RegistrySync:
             self.on_route_add(token, change.shard)
 
     def _refresh_live(self) -> None:
-        live, dead = self.registry.load_shards(min_ttl_ms=int(self.refresh_s * 1000) + 50)
+        # Two refresh periods of slack: one missed or late refresh still drops a
+        # silent shard before its TTL is over.
+        live, dead = self.registry.load_shards(slack_ms=int(self.refresh_s * 2000) + 100)
         self.live = live
         self.last_sync_s = time.time()
         self._janitor(dead)

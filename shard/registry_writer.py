@@ -157,11 +157,13 @@ class RegistryWriter:
 
 
 def make_info(shard_id: str, grpc_addr: str, ws_addr: str, started_ms: int,
-              load: Callable[[], tuple[int, int]]) -> Callable[[], ShardInfo]:
+              load: Callable[[], tuple[int, int]], period_s: float,
+              ttl_s: float) -> Callable[[], ShardInfo]:
     """A callable returning the shard's current heartbeat record."""
 
     def info() -> ShardInfo:
         connections, tokens = load()
-        return ShardInfo(shard_id, grpc_addr, ws_addr, started_ms, now_ms(), connections, tokens)
+        return ShardInfo(shard_id, grpc_addr, ws_addr, started_ms, now_ms(), connections, tokens,
+                         int(period_s * 1000), int(ttl_s * 1000))
 
     return info

@@ -49,7 +49,8 @@ class ShardServer:
         self.core = IngestCore(self.hub, self._on_overflow, pause=gevent.idle)
         client = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
         self.registry = Registry(client, cfg.namespace)
-        info = make_info(cfg.shard_id, cfg.grpc_addr, cfg.ws_url, self.started_ms, self._load)
+        info = make_info(cfg.shard_id, cfg.grpc_addr, cfg.ws_url, self.started_ms, self._load,
+                         cfg.heartbeat_s, cfg.heartbeat_ttl_s)
         self.writer = RegistryWriter(
             self.registry, info, lambda: list(self.hub.subs), cfg.heartbeat_s, cfg.heartbeat_ttl_s
         )

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import time
 
+import redis
 import websocket
 from kafka import KafkaProducer
+
+from common.registry import Registry
 
 
 class WsClient:
@@ -86,3 +89,8 @@ def wait_for(check, timeout_s: float = 10, interval_s: float = 0.02, what: str =
         if time.monotonic() - start > timeout_s:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
+
+
+def registry(stack) -> Registry:
+    """The test's own view of its namespace in the registry (Redis round trips, tests only)."""
+    return Registry(redis.Redis.from_url(stack.c.redis_url), stack.c.namespace)

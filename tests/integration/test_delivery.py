@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -9,17 +10,10 @@ import signal
 
 import pytest
 
-from common.registry import Registry
 from devstack.procs import stop
-from tests.integration.helpers import WsClient, produce, producer, wait_for
+from tests.integration.helpers import WsClient, produce, producer, registry, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _registry(stack):
-    import redis
-
-    return Registry(redis.Redis.from_url(stack.c.redis_url), stack.c.namespace)
 
 
 def test_client_on_shard_b_gets_its_ticks_with_payload_bytes_unchanged(stack):
@@ -31,17 +25,15 @@ def test_client_on_shard_b_gets_its_ticks_with_payload_bytes_unchanged(stack):
     client.subscribe("TOK-1")
     payloads = [json.dumps({"i": i, "px": 100 + i / 7, "note": "é ✓"}, ensure_ascii=False).encode()
                 for i in range(40)]
-    payloads += [b'{ "spaced" :  [1, 2.50, "x"] }', b"\x00\x01binary\xff", b"not json"]
-    produce(producer(stack.kafka.bootstrap), stack.c.topic, [("TOK-1", p) for p in payloads])
-    frames = client.ticks(len(payloads))
-    import base64
-
-    for frame, payload in zip(frames, payloads, strict=True):
-        raw = frame.encode()
-        if raw.startswith(b'{"type":"tick","token":"TOK-1","data":'):
-            assert raw == b'{"type":"tick","token":"TOK-1","data":' + payload + b"}"
-        else:
-            assert base64.b64decode(json.loads(frame)["data_b64"]) == payload
+    payloads.append(b'{ "spaced" :  [1, 2.50, "x"] }')
+    binary = [b"\x00\x01binary\xff", b"not json"]
+    produce(producer(stack.kafka.bootstrap), stack.c.topic,
+            [("TOK-1", p) for p in payloads + binary])
+    frames = client.ticks(len(payloads) + len(binary))
+    for frame, payload in zip(frames, payloads, strict=False):  # JSON: embedded verbatim
+        assert frame.encode() == b'{"type":"tick","token":"TOK-1","data":' + payload + b"}"
+    for frame, payload in zip(frames[len(payloads):], binary, strict=True):  # else base64
+        assert base64.b64decode(json.loads(frame)["data_b64"]) == payload
 
 
 def test_large_payloads_arrive_intact_even_when_they_pile_up(stack):
@@ -107,7 +99,7 @@ def test_shared_token_reaches_both_shards_until_last_subscriber_leaves(stack):
     a = stack.shard("A")
     b = stack.shard("B")
     d = stack.dispatcher()
-    reg = _registry(stack)
+    reg = registry(stack)
     ca, cb1, cb2 = WsClient(a.ws_url), WsClient(b.ws_url), WsClient(b.ws_url)
     for c in (ca, cb1, cb2):
         c.subscribe("SHARED")
@@ -148,8 +140,7 @@ def test_per_token_order_for_10000_records_over_3_partitions(stack):
         seq[t] += 1
         items.append((t, b'{"s":%d}' % seq[t]))
     p = producer(stack.kafka.bootstrap)
-    parts = {p.partitions_for(stack.c.topic).__len__()}
-    assert parts == {3}
+    assert len(p.partitions_for(stack.c.topic)) == 3
     produce(p, stack.c.topic, items)
     for client, wanted in ((c1, tokens), (c2, tokens[::2])):
         expected = sum(seq[t] for t in wanted)

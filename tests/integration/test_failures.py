@@ -11,18 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 import websocket
 
-from common.registry import Registry
-from tests.integration.helpers import WsClient, produce, producer, wait_for
+from tests.integration.helpers import WsClient, produce, producer, registry, wait_for
 
 pytestmark = pytest.mark.integration
 MEASURE_DIR = Path(__file__).resolve().parents[2] / ".run" / "measurements"
-
-
-def _registry(stack) -> Registry:
-    return Registry(redis.Redis.from_url(stack.c.redis_url), stack.c.namespace)
 
 
 def _record(name: str, doc: dict) -> None:
@@ -39,7 +33,7 @@ def test_sigkilled_shard_leaves_routing_within_ttl_and_restarts_clean(stack):
     a = stack.shard("A", *hb)
     b = stack.shard("B", *hb)
     d = stack.dispatcher()
-    reg = _registry(stack)
+    reg = registry(stack)
     ca, cb = WsClient(a.ws_url), WsClient(b.ws_url)
     ca.subscribe("K1", "K2")
     cb.subscribe("K1")
@@ -47,8 +41,8 @@ def test_sigkilled_shard_leaves_routing_within_ttl_and_restarts_clean(stack):
 
     os.kill(a.proc.pid, signal.SIGKILL)
     killed = time.monotonic()
-    _, gone_s = wait_for(lambda: d.route("K1") == ["B"], timeout_s=ttl_s + 3,
-                         what="A out of routing")
+    wait_for(lambda: d.route("K1") == ["B"], timeout_s=ttl_s + 3, interval_s=0.01,
+             what="A out of routing")
     gone_s = time.monotonic() - killed
     assert gone_s <= ttl_s, f"dropped out after {gone_s:.2f}s, TTL {ttl_s}s"
     assert "A" not in d.get("/shards")[1]
@@ -182,7 +176,7 @@ def test_clean_shutdown_deregisters_everything(stack):
     a = stack.shard("A")
     stack.shard("B")
     d = stack.dispatcher()
-    reg = _registry(stack)
+    reg = registry(stack)
     c = WsClient(a.ws_url)
     c.subscribe("Q1", "Q2")
     assert reg.route_of("Q1") == {"A"}

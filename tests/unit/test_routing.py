@@ -1,7 +1,7 @@
 """Routing table and router decisions (pure)."""
 
 from common.records import Record
-from common.registry import Change, decode_change
+from common.registry import Change, ShardInfo, decode_change, expiry_margin_ms
 from dispatcher.routing import Mode, Router, RoutingTable
 
 
@@ -82,3 +82,14 @@ def test_decode_change_rejects_garbage():
     assert decode_change(b'{"op":"route"}') is None
     assert decode_change(b'{"op":"route","shard":"s","add":["A"],"del":["B"]}') == Change(
         "route", "s", ("A",), ("B",))
+
+
+def test_expiry_margin_never_catches_a_live_shard():
+    """The early-death margin is the reader's slack, capped at TTL minus two heartbeat periods."""
+    def info(period_ms, ttl_ms):
+        return ShardInfo("s", "g", "w", 0, 0, 0, 0, period_ms, ttl_ms)
+
+    assert expiry_margin_ms(info(1000, 5000), slack_ms=1100) == 1100
+    assert expiry_margin_ms(info(500, 2000), slack_ms=1100) == 1000
+    assert expiry_margin_ms(info(1000, 2000), slack_ms=1100) == 0
+    assert expiry_margin_ms(info(0, 0), slack_ms=1100) == 0
