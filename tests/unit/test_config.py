@@ -44,3 +44,11 @@ def test_help_lists_every_option_with_its_env_var(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "SHARDCAST_REDIS_URL" in out and "--namespace" in out
+
+
+def test_free_port_never_repeats():
+    """free_port hands out distinct ports even when the kernel offers a released one again."""
+    from devstack.procs import free_port
+
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == 200
