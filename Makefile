@@ -7,7 +7,7 @@ CACHE := .cache
 KAFKA_LIB := $(CACHE)/kafka/lib
 PROTOS := $(wildcard protos/shardcast/v1/*.proto)
 
-.PHONY: all deps protos kafka-jars redis run test unit lint clean
+.PHONY: all deps protos kafka-jars redis run test unit lint clean compose-up compose-down
 
 all: deps protos
 
@@ -54,6 +54,13 @@ unit: deps protos
 
 test: deps protos kafka-jars redis
 	$(PY) -m pytest
+
+# The same stack in containers (needs a Docker engine; see compose/docker-compose.yml).
+compose-up:
+	docker compose -f compose/docker-compose.yml up -d --build
+
+compose-down:
+	docker compose -f compose/docker-compose.yml down -v
 
 lint: deps
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,11 @@ dataclass, so they can be tested with plain values.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# What a token (Kafka key, subscription name) may look like, everywhere.
+TOKEN_RE = re.compile(r"[A-Za-z0-9._:/\-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)

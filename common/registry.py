@@ -5,17 +5,20 @@ test runs can share one Redis):
 
 * ``{ns}:shards`` — set of every shard id that has registered.
 * ``{ns}:shard:{id}`` — hash (grpc, ws, started_ms, hb_ms, period_ms, ttl_ms,
-  connections, tokens)
+  connections, tokens, state ``live``/``draining``)
   with a TTL; it exists exactly while the shard heartbeats, so its presence
   *is* liveness.
 * ``{ns}:route:{token}`` — set of shard ids with at least one local subscriber.
 * ``{ns}:tokens:{id}`` — the inverse: tokens shard ``id`` has registered, so a
   restarted shard (or a dispatcher's janitor) can undo a dead process's entries,
   and a dispatcher can load the whole table in one command per shard.
+* ``{ns}:mode`` — the dispatch mode an operator set at run time (admin API);
+  it overrides every dispatcher's ``--mode`` until deleted.
 * ``{ns}:changes`` — pub/sub channel; every change to the two sets above is
   published in the same MULTI/EXEC or script, as JSON:
   ``{"op":"route","shard":id,"add":[…],"del":[…]}``, ``{"op":"reset","shard":id}``,
-  ``{"op":"up","shard":id}``, ``{"op":"down","shard":id}``.
+  ``{"op":"up","shard":id}``, ``{"op":"down","shard":id}``,
+  ``{"op":"mode","shard":"","value":"targeted"|"broadcast"}``.
 
 A dispatcher subscribes to the channel *before* loading the table, then applies
 every change it receives in order: each change sets a (token, shard) pair to a
@@ -62,6 +65,7 @@ class ShardInfo:
     tokens: int
     period_ms: int = 0  # how often the shard heartbeats
     ttl_ms: int = 0  # the TTL each heartbeat sets
+    state: str = "live"  # or "draining" (closing its clients, refusing new ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class Change:
     shard: str
     add: tuple[str, ...] = ()
     remove: tuple[str, ...] = ()
+    value: str = ""
 
 
 def decode_change(raw: bytes | str) -> Change | None:
@@ -83,6 +88,7 @@ def decode_change(raw: bytes | str) -> Change | None:
             shard=str(msg["shard"]),
             add=tuple(str(t) for t in msg.get("add") or ()),
             remove=tuple(str(t) for t in msg.get("del") or ()),
+            value=str(msg.get("value", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -123,6 +129,7 @@ class Registry:
             "tokens": info.tokens,
             "period_ms": info.period_ms,
             "ttl_ms": info.ttl_ms,
+            "state": info.state,
         }
         argv: list[object] = [ttl_ms, info.shard_id]
         for k, v in fields.items():
@@ -210,6 +217,21 @@ class Registry:
         self.r.srem(self.shards_key(), shard_id)
         return True
 
+    def mode_key(self) -> str:
+        return f"{self.ns}:mode"
+
+    def set_mode(self, mode: str) -> None:
+        """Store the cluster's dispatch mode and tell every dispatcher now."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self.mode_key(), mode)
+        pipe.publish(self.channel, json.dumps({"op": "mode", "shard": "", "value": mode}))
+        pipe.execute()
+
+    def get_mode(self) -> str | None:
+        """The stored dispatch mode, None when no operator has set one."""
+        raw = self.r.get(self.mode_key())
+        return None if raw is None else raw.decode()
+
     def route_of(self, token: str) -> set[str]:
         """The stored route set of one token (a Redis round trip: tools and tests only)."""
         return {m.decode() for m in self.r.smembers(self.route_key(token))}
@@ -229,6 +251,7 @@ def _shard_info(shard_id: str, h: Mapping[bytes, bytes]) -> ShardInfo | None:
             tokens=int(h.get(b"tokens", 0)),
             period_ms=int(h.get(b"period_ms", 0)),
             ttl_ms=int(h.get(b"ttl_ms", 0)),
+            state=h.get(b"state", b"live").decode(),
         )
     except (KeyError, ValueError):
         return None

@@ -18,6 +18,7 @@ import threading
 import time
 
 from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, start_http_server
 
 from common.cli import add_flag, positive, setup_logging
 
@@ -63,13 +64,20 @@ class Market:
         return token, json.dumps(doc, separators=(",", ":")).encode()
 
 
-def main(argv: list[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The producer's flags (each with its environment variable)."""
     p = argparse.ArgumentParser(prog="python -m demo.producer", description=__doc__)
     add_flag(p, "kafka-bootstrap", "SHARDCAST_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap")
     add_flag(p, "topic", "SHARDCAST_TOPIC", "ticks", "topic to produce to")
     add_flag(p, "tokens", "DEMO_TOKENS", 300, "number of instruments", positive(int))
     add_flag(p, "rate", "DEMO_RATE", 200.0, "ticks per second in total", positive(float))
-    a = p.parse_args(argv)
+    add_flag(p, "metrics-port", "DEMO_METRICS_PORT", 0, "serve Prometheus /metrics here (0: off)", int)
+    add_flag(p, "metrics-host", "DEMO_METRICS_HOST", "127.0.0.1", "bind address of /metrics")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parser().parse_args(argv)
     setup_logging("producer", "demo")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     producer = KafkaProducer(bootstrap_servers=a.kafka_bootstrap.split(","), linger_ms=5, acks=1)
@@ -77,14 +85,24 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    disable_created_metrics()  # `_created` series only add noise to dashboards
+    registry = CollectorRegistry(auto_describe=False)
+    sent_total = Counter("shardcast_producer_records_sent", "records handed to the Kafka client",
+                         registry=registry)
+    errors_total = Counter("shardcast_producer_send_errors", "records Kafka did not take",
+                           registry=registry)
+    if a.metrics_port:
+        start_http_server(a.metrics_port, a.metrics_host, registry=registry)
     interval = 1.0 / a.rate
     next_at = time.monotonic()
     sent = 0
     logging.info("producing %.0f ticks/s over %d tokens to %s", a.rate, a.tokens, a.topic)
     while not stop.is_set():
         token, payload = market.next_tick()
-        producer.send(a.topic, key=token.encode(), value=payload)
+        producer.send(a.topic, key=token.encode(), value=payload).add_errback(
+            lambda exc: errors_total.inc())
         sent += 1
+        sent_total.inc()
         next_at += interval
         delay = next_at - time.monotonic()
         if delay > 0:
@@ -98,3 +116,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+METRIC_NAMES = ("shardcast_producer_records_sent", "shardcast_producer_send_errors")

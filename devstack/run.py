@@ -9,7 +9,8 @@ then any entry they could not remove is cleaned up here.
 Environment: SHARDCAST_KAFKA_BOOTSTRAP / SHARDCAST_REDIS_URL (use existing
 servers), RUN_SHARDS (3), RUN_PARTITIONS (6), RUN_RATE (ticks/s, 200),
 RUN_TOKENS (300), RUN_MODE (targeted), RUN_WS_PORT (first shard's WebSocket
-port, 8701), RUN_DISPATCHER_PORT (8700), SHARDCAST_TOPIC (ticks), RUN_DIR (.run: data and logs).
+port, 8701), RUN_DISPATCHER_PORT (8700),
+RUN_ADMIN_PORT (8790), SHARDCAST_TOPIC (ticks), RUN_DIR (.run: data and logs).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from common.registry import Registry
 from devstack.kafka_server import KafkaServer, create_topic
 from devstack.procs import ROOT, free_port, port_open
 from devstack.redis_server import RedisServer
-from devstack.stack import Common, start_dispatcher, start_producer, start_shard, stop_all
+from devstack.stack import Common, DispatcherProc, start_dispatcher, start_producer, start_shard, stop_all
 
 log = logging.getLogger("run")
 
@@ -69,12 +70,13 @@ def main() -> None:
             urls.append(sp.ws_url)
             log.info("%s healthy at %s pid=%d", sid, sp.ws_url, sp.proc.pid)
         dp = start_dispatcher(c, "d1", mode=env.get("RUN_MODE", "targeted"),
-                              http_port=_port(int(env.get("RUN_DISPATCHER_PORT", "8700"))))
+                              http_port=_port(int(env.get("RUN_DISPATCHER_PORT", "8700"))),
+                              admin_port=_port(int(env.get("RUN_ADMIN_PORT", "8790"))))
         procs.append(dp.proc)
         procs.append(start_producer(c, float(env.get("RUN_RATE", "200")),
                                     int(env.get("RUN_TOKENS", "300"))))
         log.info("dispatcher pid=%d producer pid=%d", dp.proc.pid, procs[-1].pid)
-        _banner(c, dp.http_port, urls)
+        _banner(c, dp, urls)
         while not stop.wait(1.0):
             dead = [p for p in procs if p.poll() is not None]
             if dead:
@@ -108,7 +110,7 @@ def _scrub(redis_url: str, shard_ids: list[str]) -> None:
         log.warning("could not scrub registry: %s", exc)
 
 
-def _banner(c: Common, dispatcher_port: int, urls: list[str]) -> None:
+def _banner(c: Common, dp: DispatcherProc, urls: list[str]) -> None:
     exe = Path(sys.executable)
     py = exe.relative_to(ROOT) if exe.is_relative_to(ROOT) else exe
     lines = [
@@ -116,7 +118,9 @@ def _banner(c: Common, dispatcher_port: int, urls: list[str]) -> None:
         "shardcast is up. Ctrl-C stops everything.",
         *(f"  shard WebSocket: {u}" for u in urls),
         f"  demo page: {urls[0].replace('ws://', 'http://').removesuffix('/ws')}/",
-        f"  dispatcher status: http://127.0.0.1:{dispatcher_port}/stats",
+        f"  dispatcher status: http://127.0.0.1:{dp.http_port}/stats  (Prometheus: /metrics)",
+        f"  admin API (gRPC): {dp.admin_target}   e.g. {py} -m dispatcher.admin --target "
+        f"{dp.admin_target} shards",
         f"  logs: {c.logdir}",
         "",
         "Watch live ticks:",

@@ -36,6 +36,11 @@ class DispatcherProc:
     http_port: int
     proc: subprocess.Popen
     log: Path
+    admin_port: int = 0
+
+    @property
+    def admin_target(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
 
     def get(self, path: str) -> tuple[int, object]:
         return http_json(f"http://127.0.0.1:{self.http_port}{path}")
@@ -78,21 +83,23 @@ def start_shard(c: Common, shard_id: str, ws_port: int | None = None,
 
 def start_dispatcher(c: Common, dispatcher_id: str = "d1", mode: str = "targeted",
                      extra: list[str] | None = None, http_port: int | None = None,
-                     wait_s: float = 60) -> DispatcherProc:
+                     admin_port: int | None = None, wait_s: float = 60) -> DispatcherProc:
     http_port = http_port or free_port()
+    admin_port = admin_port or free_port()
     log = c.logdir / f"dispatcher-{dispatcher_id}.log"
     cmd = python_cmd("-m", "dispatcher", "--id", dispatcher_id, "--kafka-bootstrap",
                      c.kafka_bootstrap, "--topic", c.topic, "--redis-url", c.redis_url,
                      "--namespace", c.namespace, "--mode", mode, "--http-port", str(http_port),
-                     *(extra or []))
-    dp = DispatcherProc(http_port, spawn(cmd, log, c.env), log)
+                     "--admin-port", str(admin_port), *(extra or []))
+    dp = DispatcherProc(http_port, spawn(cmd, log, c.env), log, admin_port)
     wait_until(dp.healthy, wait_s, f"dispatcher {dispatcher_id}", interval_s=0.2, proc=dp.proc)
     return dp
 
 
-def start_producer(c: Common, rate: float, tokens: int) -> subprocess.Popen:
+def start_producer(c: Common, rate: float, tokens: int, metrics_port: int = 0) -> subprocess.Popen:
     cmd = python_cmd("-m", "demo.producer", "--kafka-bootstrap", c.kafka_bootstrap,
-                     "--topic", c.topic, "--rate", str(rate), "--tokens", str(tokens))
+                     "--topic", c.topic, "--rate", str(rate), "--tokens", str(tokens),
+                     "--metrics-port", str(metrics_port))
     return spawn(cmd, c.logdir / "producer.log", c.env)
 
 

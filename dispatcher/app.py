@@ -1,4 +1,4 @@
-"""Dispatcher process wiring: config, registry sync, router, streams, consumer, status."""
+"""Dispatcher process wiring: config, registry sync, router, streams, consumer, admin, status."""
 
 from __future__ import annotations
 
@@ -7,11 +7,18 @@ import signal
 import time
 from dataclasses import asdict
 
+import redis
+
 from common.cli import setup_logging
+from common.metrics import FastHistogram, exposition, make_registry
+from dispatcher import metrics
+from dispatcher.admin_core import AdminCore
+from dispatcher.admin_grpc import AdminServer, GrpcShardControl
 from dispatcher.config import DispatcherConfig, parse_args
 from dispatcher.consumer import ConsumerLoop
+from dispatcher.publisher import KafkaPublisher
 from dispatcher.registry_sync import RegistrySync
-from dispatcher.routing import Router
+from dispatcher.routing import Mode, Router
 from dispatcher.status_http import serve
 from dispatcher.streams import ShardStreams
 
@@ -25,27 +32,39 @@ class Dispatcher:
         self.cfg = cfg
         self.started = time.time()
         self.sync = RegistrySync(cfg.redis_url, cfg.namespace, cfg.registry_refresh_s,
-                                 cfg.janitor_grace_s, cfg.backoff_cap_s, self._send_snapshot)
+                                 cfg.janitor_grace_s, cfg.backoff_cap_s, self._send_snapshot,
+                                 self._on_cluster_mode)
         self.snapshots_sent = 0
         self.router = Router(self.sync, cfg.mode)
         self.streams = ShardStreams(cfg.shard_queue_records, cfg.max_batch_records,
                                     cfg.backoff_cap_s)
         self.loop = ConsumerLoop(cfg, self.sync, self.router, self.streams)
+        self.route_hist = FastHistogram(metrics.ROUTE_BUCKETS_S)
+        self.loop.route_timer = self.route_hist.observe
+        self.metrics = make_registry(lambda: metrics.collect(self, self.route_hist))
+        self.publisher = KafkaPublisher(cfg.kafka_bootstrap, cfg.topic,
+                                        f"shardcast-admin-{cfg.dispatcher_id}", cfg.max_publish_bytes)
+        core = AdminCore(self, GrpcShardControl(), self.publisher, self._set_cluster_mode)
+        self.admin = AdminServer(cfg, core, lambda: self._health()[0] == 200)
         self.http = None
 
     def run(self) -> None:
         self.sync.start()
         self.http = serve(self.cfg.http_host, self.cfg.http_port, {
             "/healthz": lambda q: self._health(),
+            "/metrics": lambda q: (200, exposition(self.metrics)),
             "/stats": lambda q: (200, self.stats()),
             "/route": self._route,
             "/shards": lambda q: (200, {sid: asdict(i) for sid, i in self.sync.live.items()}),
         })
+        self.admin.start()
         log.info("dispatcher up mode=%s http=%s:%d", self.cfg.mode, self.cfg.http_host,
                  self.cfg.http_port)
         try:
             self.loop.run()
         finally:
+            self.admin.stop()
+            self.publisher.close()
             self.streams.stop_all()
             self.sync.stop()
             self.http.shutdown()
@@ -59,6 +78,26 @@ class Dispatcher:
         rec = self.loop.last.get(token)
         if rec is not None and self.streams.offer_snapshot(shard_id, rec):
             self.snapshots_sent += 1
+
+    def _on_cluster_mode(self, value: str) -> None:
+        """The registry says an operator set the mode (now or before this process started)."""
+        try:
+            mode = Mode(value)
+        except ValueError:
+            log.warning("ignoring unknown dispatch mode %r from the registry", value)
+            return
+        if mode is not self.router.mode:
+            log.info("dispatch mode %s -> %s (set by an operator)", self.router.mode, mode)
+            self.router.mode = mode
+
+    def _set_cluster_mode(self, mode: Mode) -> bool:
+        """Store the mode for every dispatcher; False if Redis is unreachable (local only)."""
+        try:
+            self.sync.registry.set_mode(mode.value)
+            return True
+        except redis.RedisError as exc:
+            log.warning("mode set on this dispatcher only, registry unreachable: %s", exc)
+            return False
 
     def _health(self) -> tuple[int, object]:
         ok = self.loop.assigned and self.sync.healthy

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.cli import add_flag, positive
 from dispatcher.routing import Mode
@@ -29,6 +30,12 @@ class DispatcherConfig:
     registry_refresh_s: float
     janitor_grace_s: float
     backoff_cap_s: float
+    admin_host: str
+    admin_port: int
+    admin_token: str = field(repr=False)  # a secret: kept out of logs
+    admin_tls_cert: str
+    admin_tls_key: str
+    max_publish_bytes: int
     log_level: str
 
 
@@ -57,10 +64,22 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
     f("janitor-grace-s", "SHARDCAST_JANITOR_GRACE_S", 30.0,
       "remove routes of shards dead this long", positive(float))
     f("backoff-cap-s", "SHARDCAST_BACKOFF_CAP_S", 5.0, "longest reconnect delay", positive(float))
+    f("admin-host", "SHARDCAST_ADMIN_HOST", "127.0.0.1",
+      "gRPC admin API bind address (beyond loopback only with --admin-token)")
+    f("admin-port", "SHARDCAST_ADMIN_PORT", 8790, "gRPC admin API port", int)
+    f("admin-token", "SHARDCAST_ADMIN_TOKEN", "", "bearer token every admin call must carry")
+    f("admin-tls-cert", "SHARDCAST_ADMIN_TLS_CERT", "", "PEM certificate: serve the admin API over TLS")
+    f("admin-tls-key", "SHARDCAST_ADMIN_TLS_KEY", "", "PEM private key of --admin-tls-cert")
+    f("max-publish-bytes", "SHARDCAST_MAX_PUBLISH_BYTES", 1 << 20, "largest payload Publish accepts",
+      positive(int))
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     a = p.parse_args(argv)
     if a.shard_queue_records < a.max_poll_records:
         p.error("--shard-queue-records must be >= --max-poll-records (a poll must fit a queue)")
+    if not a.admin_token and not is_loopback(a.admin_host):
+        p.error("--admin-host beyond loopback needs --admin-token (the admin API can drain shards)")
+    if bool(a.admin_tls_cert) != bool(a.admin_tls_key):
+        p.error("--admin-tls-cert and --admin-tls-key go together")
     return DispatcherConfig(
         dispatcher_id=a.id,
         kafka_bootstrap=a.kafka_bootstrap,
@@ -79,5 +98,21 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
         registry_refresh_s=a.registry_refresh_s,
         janitor_grace_s=a.janitor_grace_s,
         backoff_cap_s=a.backoff_cap_s,
+        admin_host=a.admin_host,
+        admin_port=a.admin_port,
+        admin_token=a.admin_token,
+        admin_tls_cert=a.admin_tls_cert,
+        admin_tls_key=a.admin_tls_key,
+        max_publish_bytes=a.max_publish_bytes,
         log_level=a.log_level,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback addresses and `localhost` (names are not resolved)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaError
@@ -56,6 +57,10 @@ class ConsumerLoop:
         # Newest record of every token this dispatcher consumes: the snapshot a
         # shard gets when it joins a token's route. Written here only.
         self.last: dict[str, Record] = {}
+        # partition → (position, high watermark), refreshed by this thread about once a second.
+        self.lag: dict[int, tuple[int, int]] = {}
+        # Called with the seconds each poll's routing and hand-off took (the metrics hook).
+        self.route_timer: Callable[[float], None] = lambda seconds: None
         self._stop = threading.Event()
 
     @property
@@ -109,10 +114,13 @@ class ConsumerLoop:
             self.streams.reconcile(self.sync.live)
             records = self._translate(polled)
             if records:
+                t0 = time.perf_counter()
                 plan = self.router.route(records, self.sync.live.keys())
                 self.streams.offer(plan)
+                self.route_timer(time.perf_counter() - t0)
             if time.monotonic() >= next_commit:
                 self.commit()
+                self._measure_lag()
                 next_commit = time.monotonic() + self.cfg.commit_interval_s
 
     def _translate(self, polled) -> list[Record]:
@@ -131,6 +139,22 @@ class ConsumerLoop:
                 last[token] = rec
         self.records_consumed += len(out)
         return out
+
+    def _measure_lag(self) -> None:
+        """Position and high watermark of each assigned partition (this thread owns the consumer)."""
+        c = self.consumer
+        if c is None:
+            return
+        lag: dict[int, tuple[int, int]] = {}
+        for tp in c.assignment():
+            high = c.highwater(tp)
+            try:
+                pos = c.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if high is not None and pos is not None:
+                lag[tp.partition] = (pos, high)
+        self.lag = lag
 
     def commit(self) -> None:
         """Commit the positions of everything polled so far (all of it already handed on)."""

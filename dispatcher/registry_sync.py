@@ -2,7 +2,8 @@
 
 One thread: subscribe to the change feed, wait for the subscription to be
 confirmed, load the whole table, then apply changes as they arrive. Liveness is
-re-read every `refresh_s` and at once on a shard's up/down message. On any Redis
+re-read every `refresh_s` and at once on a shard's up/down message. An
+operator's run-time dispatch mode is read on load and followed on change. On any Redis
 error the table is marked unhealthy (the router then broadcasts rather than
 drop data) and the whole sequence restarts after a jittered backoff.
 """
@@ -28,7 +29,8 @@ class RegistrySync:
 
     def __init__(self, redis_url: str, namespace: str, refresh_s: float,
                  janitor_grace_s: float, backoff_cap_s: float,
-                 on_route_add: Callable[[str, str], None] = lambda token, shard: None) -> None:
+                 on_route_add: Callable[[str, str], None] = lambda token, shard: None,
+                 on_mode: Callable[[str], None] = lambda mode: None) -> None:
         self.client = redis.Redis.from_url(
             redis_url, socket_timeout=max(2.0, refresh_s * 4), socket_connect_timeout=2
         )
@@ -36,9 +38,11 @@ class RegistrySync:
         self.refresh_s = refresh_s
         self.janitor_grace_s = janitor_grace_s
         self.on_route_add = on_route_add
+        self.on_mode = on_mode
         self.backoff = Backoff(base_s=0.1, cap_s=backoff_cap_s)
         self.table = RoutingTable()
         self.live: dict[str, ShardInfo] = {}
+        self.dead: list[str] = []  # registered, not heartbeating, not yet cleaned up
         self.last_sync_s = 0.0
         self.changes_applied = 0
         self.resyncs = 0
@@ -79,6 +83,9 @@ class RegistrySync:
             self._await_subscribed(pubsub)
             self._refresh_live()
             self.table.replace(self.registry.load_routes(self.live))
+            mode = self.registry.get_mode()
+            if mode:
+                self.on_mode(mode)
             self.table.healthy = True
             self.resyncs += 1
             self.backoff.reset()
@@ -117,6 +124,9 @@ class RegistrySync:
         if change.op in ("up", "down"):
             self._refresh_live()
             return
+        if change.op == "mode":
+            self.on_mode(change.value)
+            return
         self.table.apply(change)
         for token in change.add:
             self.on_route_add(token, change.shard)
@@ -126,6 +136,7 @@ class RegistrySync:
         # silent shard before its TTL is over.
         live, dead = self.registry.load_shards(slack_ms=int(self.refresh_s * 2000) + 100)
         self.live = live
+        self.dead = dead
         self.last_sync_s = time.time()
         self._janitor(dead)
 

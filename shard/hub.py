@@ -79,8 +79,11 @@ class Hub:
         box.closed = True
         self.unsubscribe(box, list(box.tokens))
 
-    def publish(self, token: str, frame: bytes) -> list[Outbox]:
-        """Queue `frame` for every subscriber of `token`; return the clients that overflowed."""
+    def publish(self, token: str, frame: bytes, ts_ms: int = 0) -> list[Outbox]:
+        """Queue `frame` for every subscriber of `token`; return the clients that overflowed.
+
+        `ts_ms`: the tick's Kafka timestamp, for the latency the writers measure.
+        """
         members = self.subs.get(token)
         if not members:
             return []
@@ -89,7 +92,7 @@ class Hub:
         for box in members:
             if box.overflowed or box.closed:
                 continue  # already being disconnected
-            if box.push(frame, token):
+            if box.push(frame, token, ts_ms):
                 queued += 1
             else:
                 overflowed.append(box)

@@ -47,6 +47,7 @@ class IngestCore:
                 frame = self._snapshot(rec)
                 if frame is None:
                     continue
+                ts_ms = 0  # an old value: its age is not delivery latency
             else:
                 counters.records_received += 1
                 if rec.token not in subs:
@@ -54,7 +55,8 @@ class IngestCore:
                     continue
                 last[rec.token] = rec
                 frame = tick_frame(rec.token, rec.payload)
-            overflowed = hub.publish(rec.token, frame)
+                ts_ms = rec.produce_ts_ms
+            overflowed = hub.publish(rec.token, frame, ts_ms)
             if overflowed:
                 self.on_overflow(overflowed)
             fanned += 1

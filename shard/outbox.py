@@ -23,7 +23,8 @@ class Outbox:
     """Frames waiting for one client's writer."""
 
     __slots__ = ("behind_since", "clock", "closed", "conflated", "conflations", "conn_id",
-                 "frames", "max_behind_s", "max_frames", "overflowed", "tokens", "wake")
+                 "frames", "max_behind_s", "max_frames", "oldest_ts_ms", "overflowed", "tokens",
+                 "wake")
 
     def __init__(self, max_frames: int, wake: Callable[[], None], conn_id: int = 0,
                  max_behind_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -39,14 +40,20 @@ class Outbox:
         self.closed = False
         self.tokens: set[str] = set()
         self.conn_id = conn_id
+        # Kafka timestamp of the oldest tick waiting (0: none): the writer's latency sample.
+        self.oldest_ts_ms = 0
 
-    def push(self, frame: bytes, token: str | None = None) -> bool:
+    def push(self, frame: bytes, token: str | None = None, ts_ms: int = 0) -> bool:
         """Queue a frame (a tick of `token`, or a control frame when None).
 
-        False, with `overflowed` set, when the client has been behind too long.
+        `ts_ms` is the tick's Kafka timestamp (0 for snapshots and control
+        frames). False, with `overflowed` set, when the client has been behind
+        too long.
         """
         if self.closed or self.overflowed:
             return False
+        if ts_ms and not self.oldest_ts_ms:
+            self.oldest_ts_ms = ts_ms
         if token is not None and (self.conflated or len(self.frames) >= self.max_frames):
             return self._conflate(frame, token)
         if len(self.frames) >= self.max_frames + CONTROL_HEADROOM:

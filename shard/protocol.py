@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import struct
 from dataclasses import dataclass
 
+from common.records import TOKEN_RE
 from shard.codes import ErrorCode
 
-TOKEN_RE = re.compile(r"[A-Za-z0-9._:/\-]{1,64}")
 MAX_ID_CHARS = 64
 OP_TEXT = 0x1
 OP_CLOSE = 0x8

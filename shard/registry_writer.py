@@ -92,6 +92,13 @@ class RegistryWriter:
         except redis.RedisError as exc:
             log.warning("deregister failed (entries expire by TTL): %s", exc)
 
+    def beat_now(self) -> None:
+        """Heartbeat at once (a state change should not wait for the next period)."""
+        try:
+            self.registry.heartbeat(self.info(), self.ttl_ms)
+        except redis.RedisError as exc:
+            log.warning("heartbeat failed: %s", exc)
+
     # -- loops -----------------------------------------------------------
     def _flush_loop(self) -> None:
         backoff = Backoff(base_s=0.05, cap_s=2.0)
@@ -157,13 +164,16 @@ class RegistryWriter:
 
 
 def make_info(shard_id: str, grpc_addr: str, ws_addr: str, started_ms: int,
-              load: Callable[[], tuple[int, int]], period_s: float,
+              load: Callable[[], tuple[int, int, str]], period_s: float,
               ttl_s: float) -> Callable[[], ShardInfo]:
-    """A callable returning the shard's current heartbeat record."""
+    """A callable returning the shard's current heartbeat record.
+
+    `load()` gives (connections, tokens, state).
+    """
 
     def info() -> ShardInfo:
-        connections, tokens = load()
+        connections, tokens, state = load()
         return ShardInfo(shard_id, grpc_addr, ws_addr, started_ms, now_ms(), connections, tokens,
-                         int(period_s * 1000), int(ttl_s * 1000))
+                         int(period_s * 1000), int(ttl_s * 1000), state)
 
     return info

@@ -1,7 +1,8 @@
 """The shard process: WebSocket/HTTP server, gRPC ingest server and registry writer.
 
 HTTP routes besides the WebSocket endpoint ``/ws``: ``/healthz`` (200 once
-registered) and ``/stats`` (JSON counters).
+registered, 503 while draining), ``/metrics`` (Prometheus), ``/stats`` (JSON
+counters) and ``/`` (a demo page).
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ import redis
 from gevent import pywsgi
 from geventwebsocket.handler import WebSocketHandler
 
+from common.metrics import CONTENT_TYPE, FastHistogram, exposition, make_registry
 from common.registry import Registry, now_ms
+from shard import metrics
 from shard.codes import Close
 from shard.config import ShardConfig
+from shard.drain import Drain
+from shard.grpc_control import ControlServicer
+from shard.grpc_control import add_to_server as add_control
 from shard.grpc_ingest import IngestServicer, add_to_server
 from shard.hub import Hub
 from shard.ingest import IngestCore
@@ -43,6 +49,8 @@ class ShardServer:
         self.cfg = cfg
         self.started_ms = now_ms()
         self.counters: Counter[str] = Counter()
+        self.latency = FastHistogram()  # Kafka timestamp → frame written, seconds
+        self.metrics = make_registry(lambda: metrics.collect(self))
         self.conns: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self.hub = Hub()
@@ -57,6 +65,7 @@ class ShardServer:
         self.hub.on_first = lambda token: self.writer.mark(token, True)
         self.hub.on_last = lambda token: self.writer.mark(token, False)
         self.accepting = True
+        self.drain: Drain | None = None
         self._sweeper: gevent.Greenlet | None = None
         self.ws_server = pywsgi.WSGIServer(
             (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=WebSocketHandler, log=None
@@ -75,12 +84,25 @@ class ShardServer:
             self.cfg.shard_id, self.core, self.cfg.ingest_window_batches, self.counters
         )
         add_to_server(servicer, self.grpc_server)
+        add_control(ControlServicer(self.cfg.shard_id, self.start_drain, lambda: len(self.conns)),
+                    self.grpc_server)
         self.grpc_server.add_insecure_port(f"{self.cfg.host}:{self.cfg.grpc_port}")
         self.grpc_server.start()
         self.writer.start()
         self.ws_server.start()
         self._sweeper = gevent.spawn(self._keepalive_loop)
         log.info("shard up ws=%s grpc=%s", self.cfg.ws_url, self.cfg.grpc_addr)
+
+    def start_drain(self, window_s: float) -> Drain:
+        """Refuse new clients, close current ones with 1012 over `window_s`, leave the registry.
+
+        Idempotent: a second call returns the drain already running.
+        """
+        if self.drain is None:
+            self.accepting = False
+            self.writer.beat_now()  # publish state=draining now, not at the next heartbeat
+            self.drain = Drain(window_s, lambda: list(self.conns.values()), self.writer.stop)
+        return self.drain
 
     def stop(self) -> None:
         """Refuse new clients, close the current ones (1001), deregister, stop servers."""
@@ -116,13 +138,18 @@ class ShardServer:
             return []
         path = environ.get("PATH_INFO")
         if environ.get("shardcast.refused"):
-            return _json(start_response, "503 Service Unavailable", {"error": "at capacity"})
-        if path == "/healthz":
-            ok = self.writer.synced
+            why = "at capacity" if self.drain is None else "draining"
+            return _json(start_response, "503 Service Unavailable", {"error": why})
+        if path == "/healthz":  # a draining shard fails it, so load balancers move on
+            ok = self.writer.synced and self.drain is None
             return _json(start_response, "200 OK" if ok else "503 Service Unavailable",
-                         {"ok": ok, "shard_id": self.cfg.shard_id})
+                         {"ok": ok, "shard_id": self.cfg.shard_id, "state": self._state()})
         if path == "/stats":
             return _json(start_response, "200 OK", self.stats())
+        if path == "/metrics":
+            body = exposition(self.metrics)
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
+            return [body]
         if path == WS_PATH:
             return _json(start_response, "426 Upgrade Required", {"error": "WebSocket only"})
         if path == "/":
@@ -166,8 +193,13 @@ class ShardServer:
         for box in boxes:
             self.hub.remove(box)
 
-    def _load(self) -> tuple[int, int]:
-        return len(self.conns), len(self.hub.subs)
+    def _load(self) -> tuple[int, int, str]:
+        return len(self.conns), len(self.hub.subs), self._state()
+
+    def _state(self) -> str:
+        if self.drain is None:
+            return "live"
+        return "drained" if self.drain.status.done else "draining"
 
     def stats(self) -> dict[str, object]:
         """Every counter of the shard, for /stats and the tests."""
@@ -195,6 +227,7 @@ class ShardServer:
             "connections_total": self.counters["connections_total"],
             "registry_synced": self.writer.synced,
             "registered_tokens": len(self.writer.registered),
+            "state": self._state(),
         }
 
 

@@ -221,6 +221,7 @@ class Connection:
     # -- writing ---------------------------------------------------------
     def _write_loop(self) -> None:
         box, event, counters = self.box, self.event, self.server.counters
+        latency = self.server.latency
         try:
             while True:
                 event.wait()
@@ -234,6 +235,10 @@ class Connection:
                     data, n = box.drain()
                     self._send(data)
                     counters["frames_written"] += n
+                    if box.oldest_ts_ms:
+                        # Upper bound: every frame of this write counted at the oldest one's age.
+                        latency.observe(time.time() - box.oldest_ts_ms / 1000, n)
+                        box.oldest_ts_ms = 0 if not box.pending else box.oldest_ts_ms
                 if self.close_code is not None:
                     self._send(close_frame(self.close_code, self.close_reason))
                     return

@@ -52,3 +52,14 @@ def test_free_port_never_repeats():
 
     ports = [free_port() for _ in range(200)]
     assert len(set(ports)) == 200
+
+
+def test_admin_api_beyond_loopback_requires_a_token():
+    """Binding the admin API to a non-loopback address without --admin-token is refused."""
+    with pytest.raises(SystemExit):
+        dispatcher_args(["--admin-host", "0.0.0.0"])
+    cfg = dispatcher_args(["--admin-host", "0.0.0.0", "--admin-token", "t0k"])
+    assert cfg.admin_host == "0.0.0.0" and "t0k" not in repr(cfg)  # the secret stays out of logs
+    assert dispatcher_args(["--admin-host", "::1"]).admin_token == ""
+    with pytest.raises(SystemExit):
+        dispatcher_args(["--admin-tls-cert", "c.pem"])  # a cert needs its key

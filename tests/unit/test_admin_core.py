@@ -1,0 +1,128 @@
+"""Admin API decisions (validation, views, mode switch) against plain in-memory parts."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from common.drain import MAX_WINDOW_S, check_window, close_steps
+from common.metrics import FastHistogram
+from common.registry import ShardInfo
+from dispatcher.admin import table
+from dispatcher.admin_core import AdminCode, AdminCore, AdminError, DrainView
+from dispatcher.config import parse_args
+from dispatcher.routing import Mode, Router, RoutingTable
+
+
+class FakeControl:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def drain(self, grpc_addr, shard_id, window_s):
+        self.calls.append((grpc_addr, shard_id, window_s))
+        return iter([DrainView(shard_id, 0, 3, True)])
+
+
+class FakePublisher:
+    def publish(self, token, payload):
+        return 2, 41
+
+
+def _core(cluster_ok: bool = True):
+    table = RoutingTable()
+    table.healthy = True
+    table.replace({"T-1": {"A"}, "T-2": {"A", "GONE"}})
+    live = {sid: ShardInfo(sid, f"{sid}:9", f"ws://{sid}/ws", 1, 10**13, 4, 2) for sid in ("A", "B")}
+    sync = SimpleNamespace(table=table, live=live, dead=["GONE"], healthy=True, last_sync_s=0.0,
+                           shards_for=table.shards_for)
+    streams = SimpleNamespace(stats=lambda: {}, dropped_gone=0)
+    d = SimpleNamespace(sync=sync, router=Router(sync, Mode.TARGETED), streams=streams,
+                        cfg=parse_args(["--max-publish-bytes", "10"]))
+    modes: list[Mode] = []
+    core = AdminCore(d, FakeControl(), FakePublisher(), lambda m: modes.append(m) or cluster_ok)
+    return core, d, modes
+
+
+def _err(fn, *args) -> AdminError:
+    with pytest.raises(AdminError) as exc:
+        fn(*args)
+    return exc.value
+
+
+def test_lookup_returns_live_targets_and_rejects_bad_tokens():
+    """Lookup intersects the route with live shards; empty or malformed tokens are INVALID_ARGUMENT."""
+    core, _, _ = _core()
+    assert core.lookup("T-2").shard_ids == ("A",)
+    assert core.lookup("NONE").shard_ids == ()
+    assert _err(core.lookup, "").code is AdminCode.INVALID_ARGUMENT
+    assert _err(core.lookup, "a b").code is AdminCode.INVALID_ARGUMENT
+    assert _err(core.lookup, "x" * 65).code is AdminCode.INVALID_ARGUMENT
+
+
+def test_set_mode_switches_the_router_and_reports_the_previous_mode():
+    """SetDispatchMode changes routing at once and says whether it reached the registry."""
+    core, d, modes = _core(cluster_ok=False)
+    change = core.set_mode("broadcast")
+    assert (change.previous, change.mode, change.cluster_wide) == (Mode.TARGETED, Mode.BROADCAST, False)
+    assert d.router.mode is Mode.BROADCAST and modes == [Mode.BROADCAST]
+    assert core.lookup("NONE").shard_ids == ("A", "B")
+    assert _err(core.set_mode, "").code is AdminCode.INVALID_ARGUMENT
+
+
+def test_drain_validates_before_calling_the_shard():
+    """Unknown shards are NOT_FOUND, bad windows INVALID_ARGUMENT; a good call reaches the shard."""
+    core, _, _ = _core()
+    assert _err(core.drain, "NOPE", 1.0).code is AdminCode.NOT_FOUND
+    assert _err(core.drain, "GONE", 1.0).code is AdminCode.NOT_FOUND  # dead: nothing to drain
+    assert _err(core.drain, "", 1.0).code is AdminCode.INVALID_ARGUMENT
+    for bad in (-0.1, math.nan, math.inf, MAX_WINDOW_S + 1):
+        assert _err(core.drain, "A", bad).code is AdminCode.INVALID_ARGUMENT
+    assert core.control.calls == []
+    assert list(core.drain("A", 2.5))[-1].done and core.control.calls == [("A:9", "A", 2.5)]
+
+
+def test_publish_limits_payload_size():
+    """Payloads over --max-publish-bytes are refused with the sizes in the message."""
+    core, _, _ = _core()
+    assert core.publish("T-1", b"0123456789") == (2, 41)
+    err = _err(core.publish, "T-1", b"x" * 11)
+    assert err.code is AdminCode.INVALID_ARGUMENT and "11 bytes" in err.message
+
+
+def test_list_shards_includes_dead_ones():
+    """Live shards carry their heartbeat load; registered-but-silent shards show as dead."""
+    core, _, _ = _core()
+    views = {v.shard_id: v for v in core.list_shards()}
+    assert views["A"].state == "live" and views["A"].connections == 4
+    assert views["GONE"].state == "dead"
+
+
+def test_close_steps_spread_every_client_over_the_window():
+    """Closes are spread over the window, never an empty step, all clients covered."""
+    counts, pause = close_steps(1000, 2.0)
+    assert sum(counts) == 1000 and len(counts) == 40 and pause == pytest.approx(0.05)
+    assert max(counts) - min(counts) <= 1
+    assert close_steps(3, 10.0) == ([1, 1, 1], pytest.approx(10 / 3))
+    assert close_steps(5, 0.0) == ([5], 0.0)
+    assert close_steps(0, 5.0) == ([], 0.0)
+    assert check_window(0) is None and check_window(-1) and check_window(math.nan)
+
+
+def test_fast_histogram_counts_weighted_observations():
+    """A write of n frames counts n observations in the bucket of its latency."""
+    h = FastHistogram((0.001, 0.01))
+    h.observe(0.0005)
+    h.observe(0.005, 3)
+    h.observe(5.0)
+    assert h.counts == [1, 3, 1] and h.count == 5 and h.sum == pytest.approx(5.0155)
+    assert (h.quantile(0.2), h.quantile(0.5), h.quantile(1.0)) == (0.001, 0.01, math.inf)
+    fam = h.family("x_seconds", "doc")
+    assert [s.value for s in fam.samples if s.name == "x_seconds_bucket"] == [1, 4, 5]
+
+
+def test_cli_table_aligns_columns():
+    """The CLI's tables pad every column to its widest cell."""
+    assert table(["A", "BB"], [("xyz", 1.5), ("q", 22)]).splitlines() == [
+        "A    BB", "xyz  1.500", "q    22"]
