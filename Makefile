@@ -7,7 +7,7 @@ CACHE := .cache
 KAFKA_LIB := $(CACHE)/kafka/lib
 PROTOS := $(wildcard protos/shardcast/v1/*.proto)
 
-.PHONY: all deps protos kafka-jars redis run test unit lint clean compose-up compose-down
+.PHONY: all deps protos kafka-jars redis run test unit lint clean compose-up compose-down compose-rehearse
 
 all: deps protos
 
@@ -61,6 +61,10 @@ compose-up:
 
 compose-down:
 	docker compose -f compose/docker-compose.yml down -v
+
+# Without Docker: compose's commands, nginx and Prometheus configs on loopback (needs nginx, prometheus).
+compose-rehearse: deps protos kafka-jars redis
+	$(PY) -m devstack.rehearse_compose
 
 lint: deps
 	$(VENV)/bin/ruff check .
