@@ -7,7 +7,8 @@ CACHE := .cache
 KAFKA_LIB := $(CACHE)/kafka/lib
 PROTOS := $(wildcard protos/shardcast/v1/*.proto)
 
-.PHONY: all deps protos kafka-jars redis run test unit lint clean compose-up compose-down compose-rehearse
+.PHONY: all deps protos kafka-jars redis run test unit lint clean compose-up compose-down compose-rehearse \
+	bench bench-matrix bench-routing
 
 all: deps protos
 
@@ -54,6 +55,17 @@ unit: deps protos
 
 test: deps protos kafka-jars redis
 	$(PY) -m pytest
+
+# Benchmarks (issue 4); see docs/benchmarks.md. BENCH_QUICK=1 for the small profile.
+bench: deps protos kafka-jars redis
+	ulimit -n $$(ulimit -Hn); $(PY) -m bench.run
+
+bench-matrix: deps protos kafka-jars redis
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	ulimit -n $$(ulimit -Hn); $(PY) -m bench.matrix
+
+bench-routing: deps protos kafka-jars redis
+	$(PY) -m bench.routing_cost
 
 # The same stack in containers (needs a Docker engine; see compose/docker-compose.yml).
 compose-up:

@@ -36,6 +36,7 @@ class DispatcherConfig:
     admin_tls_cert: str
     admin_tls_key: str
     max_publish_bytes: int
+    route_lookup: str
     log_level: str
 
 
@@ -72,6 +73,10 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
     f("admin-tls-key", "SHARDCAST_ADMIN_TLS_KEY", "", "PEM private key of --admin-tls-cert")
     f("max-publish-bytes", "SHARDCAST_MAX_PUBLISH_BYTES", 1 << 20, "largest payload Publish accepts",
       positive(int))
+    f("route-lookup", "SHARDCAST_ROUTE_LOOKUP", "table",
+      "where routes come from: the local table; redis-per-record / redis-per-batch are benchmark "
+      "baselines (a Redis round trip per record / per poll)",
+      choices=["table", "redis-per-batch", "redis-per-record"])
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     a = p.parse_args(argv)
     if a.shard_queue_records < a.max_poll_records:
@@ -104,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
         admin_tls_cert=a.admin_tls_cert,
         admin_tls_key=a.admin_tls_key,
         max_publish_bytes=a.max_publish_bytes,
+        route_lookup=a.route_lookup,
         log_level=a.log_level,
     )
 

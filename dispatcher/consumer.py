@@ -17,6 +17,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.errors import KafkaError
 
 from common.backoff import Backoff
+from common.metrics import FastHistogram
 from common.records import Record
 from dispatcher.config import DispatcherConfig
 from dispatcher.registry_sync import RegistrySync
@@ -59,6 +60,8 @@ class ConsumerLoop:
         self.last: dict[str, Record] = {}
         # partition → (position, high watermark), refreshed by this thread about once a second.
         self.lag: dict[int, tuple[int, int]] = {}
+        # Kafka record timestamp → polled here: the Kafka hop of the end-to-end latency.
+        self.consume_latency = FastHistogram()
         # Called with the seconds each poll's routing and hand-off took (the metrics hook).
         self.route_timer: Callable[[float], None] = lambda seconds: None
         self._stop = threading.Event()
@@ -127,6 +130,8 @@ class ConsumerLoop:
         """ConsumerRecords → Records; a record without a usable key is counted and skipped."""
         out: list[Record] = []
         last = self.last
+        now_ms = time.time() * 1000
+        observe = self.consume_latency.observe
         for tp_records in polled.values():
             for cr in tp_records:
                 try:
@@ -137,6 +142,7 @@ class ConsumerLoop:
                 rec = Record(token, cr.value or b"", cr.partition, cr.offset, cr.timestamp)
                 out.append(rec)
                 last[token] = rec
+                observe((now_ms - cr.timestamp) / 1000)
         self.records_consumed += len(out)
         return out
 

@@ -23,7 +23,7 @@ NAMES = tuple(P + n for n in (
     "offset_commit_failures", "shard_records_offered", "shard_records_sent",
     "shard_records_dropped", "shard_queue_depth", "shard_stream_ready", "consumer_lag_records",
     "routing_table_tokens", "registry_sync_age_seconds", "registry_healthy", "live_shards", "mode",
-    "route_batch_seconds", "uptime_seconds",
+    "route_batch_seconds", "consume_latency_seconds", "uptime_seconds",
 ))
 
 
@@ -54,6 +54,8 @@ def collect(d: Dispatcher, route_hist: FastHistogram) -> Iterator[Metric]:
     yield labelled(GaugeMetricFamily, P + "mode", "1 for the current dispatch mode", "mode",
                    {m: 1 if m == d.router.mode else 0 for m in ("targeted", "broadcast")})
     yield route_hist.family(P + "route_batch_seconds", "routing and hand-off time per Kafka poll")
+    yield loop.consume_latency.family(P + "consume_latency_seconds",
+                                      "Kafka record timestamp to polled by this dispatcher")
     yield gauge(P + "uptime_seconds", "seconds since start", time.time() - d.started)
 
 

@@ -118,13 +118,20 @@ class Router:
 
     def _targeted(self, records: list[Record], live: frozenset[str]) -> dict[str, list[Record]]:
         plan: dict[str, list[Record]] = {sid: [] for sid in live}
-        cache: dict[str, frozenset[str]] = {}
-        shards_for = self.lookup.shards_for
+        lookup = self.lookup
+        prepare = getattr(lookup, "prepare", None)  # lookups that fetch a whole poll at once
+        if prepare is not None:
+            prepare({r.token for r in records})
+        # A per-record baseline (benchmarks) must really look up every record.
+        cache: dict[str, frozenset[str]] | None = {} if getattr(lookup, "cache_per_poll", True) else None
+        shards_for = lookup.shards_for
         unrouted = deliveries = 0
         for rec in records:
-            targets = cache.get(rec.token)
+            targets = cache.get(rec.token) if cache is not None else None
             if targets is None:
-                targets = cache[rec.token] = shards_for(rec.token) & live
+                targets = shards_for(rec.token) & live
+                if cache is not None:
+                    cache[rec.token] = targets
             if not targets:
                 unrouted += 1
                 continue

@@ -33,6 +33,7 @@ class ShardConfig:
     write_timeout_s: float
     ingest_window_batches: int
     ack_timeout_s: float
+    gc_freeze_check_s: float
     log_level: str
 
     @property
@@ -76,8 +77,12 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     f("ingest-window", "SHARDCAST_INGEST_WINDOW", 32, "unacked batches a dispatcher may send", positive(int))
     f("ack-timeout-s", "SHARDCAST_ACK_TIMEOUT_S", 2.0,
       "max wait for registry before a subscribe ack", positive(float))
+    f("gc-freeze-check-s", "SHARDCAST_GC_FREEZE_CHECK_S", 5.0,
+      "how often to consider gc.freeze() after connection growth (0: never)", float)
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     a = p.parse_args(argv)
+    if a.gc_freeze_check_s < 0:
+        p.error("--gc-freeze-check-s must be >= 0")
     if a.heartbeat_ttl_s < 2 * a.heartbeat_s:
         p.error("--heartbeat-ttl-s must be at least twice --heartbeat-s")
     if a.idle_timeout_s <= a.ping_interval_s:
@@ -105,5 +110,6 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
         write_timeout_s=a.write_timeout_s,
         ingest_window_batches=a.ingest_window,
         ack_timeout_s=a.ack_timeout_s,
+        gc_freeze_check_s=a.gc_freeze_check_s,
         log_level=a.log_level,
     )

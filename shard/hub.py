@@ -44,6 +44,10 @@ class Hub:
     subs: dict[str, set[Outbox]] = field(default_factory=dict)
     counters: HubCounters = field(default_factory=HubCounters)
     last: dict[str, Record] = field(default_factory=dict)
+    # A token with thousands of local subscribers is one long fan-out loop: it
+    # yields to the event loop (the adapter passes gevent.idle) every so many frames.
+    pause: Callable[[], None] = lambda: None
+    pause_every_frames: int = 512
 
     def subscribe(self, box: Outbox, tokens: Iterable[str]) -> None:
         """Add `box` as a subscriber of each token (idempotent)."""
@@ -89,7 +93,11 @@ class Hub:
             return []
         overflowed = []
         queued = 0
-        for box in members:
+        every = self.pause_every_frames
+        big = len(members) > every
+        for i, box in enumerate(tuple(members) if big else members):  # a copy: we may yield
+            if big and i % every == every - 1:
+                self.pause()
             if box.overflowed or box.closed:
                 continue  # already being disconnected
             if box.push(frame, token, ts_ms):

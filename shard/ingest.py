@@ -42,6 +42,7 @@ class IngestCore:
         last = hub.last
         self.batches += 1
         fanned = 0
+        frames_at_pause = counters.frames_queued
         for rec in records:
             if rec.snapshot:
                 frame = self._snapshot(rec)
@@ -60,8 +61,11 @@ class IngestCore:
             if overflowed:
                 self.on_overflow(overflowed)
             fanned += 1
-            if fanned % self.pause_every == 0:
+            # Yield every so many records or frames, whichever comes first.
+            frames = counters.frames_queued - frames_at_pause
+            if fanned >= self.pause_every or frames >= hub.pause_every_frames:
                 self.pause()
+                fanned, frames_at_pause = 0, counters.frames_queued
 
     def _snapshot(self, rec: Record) -> bytes | None:
         """A last value sent because this shard just joined the token's route."""

@@ -19,7 +19,8 @@ NAMES = tuple(P + n for n in (
     "records_no_subscriber", "batches_received", "frames_queued", "frames_written",
     "frames_conflated", "clients_overflowed", "clients_behind", "outbox_frames", "snapshots_received",
     "errors_sent", "upgrades_refused", "clients_idle_closed", "ingest_streams", "draining",
-    "delivery_latency_seconds",
+    "delivery_latency_seconds", "loop_lag_seconds", "loop_stall_seconds", "gc_pause_seconds",
+    "gc_full_collections", "gc_frozen_objects",
 ))
 
 
@@ -53,3 +54,11 @@ def collect(s: ShardServer) -> Iterator[Metric]:
     yield s.latency.family(P + "delivery_latency_seconds",
                            "Kafka record timestamp to frame written to the client socket "
                            "(each write counted at its oldest frame's age: an upper bound)")
+    w = s.watch
+    yield w.lag.family(P + "loop_lag_seconds", "how late a 10 ms sleep of the event loop wakes")
+    yield w.stall.family(P + "loop_stall_seconds",
+                         "part of the loop lag the loop spent running code (CPU time): its own stalls")
+    yield w.gc_pause.family(P + "gc_pause_seconds", "garbage-collection pauses (thread CPU time)")
+    yield counter(P + "gc_full_collections", "full (generation 2) collections", w.full_collections)
+    yield gauge(P + "gc_frozen_objects", "objects moved out of GC scans by gc.freeze()",
+                st["gc_frozen_objects"])

@@ -8,6 +8,12 @@ holds (every conflated frame is newer than any queued frame of its token). A
 client that stays behind for longer than `max_behind_s` is marked `overflowed`
 and the adapter closes it with `Close.SLOW_CONSUMER`. Nothing here ever makes
 the fan-out wait.
+
+Write-through: while nothing is queued and the writer is idle, `push` hands
+the frame to the adapter's non-blocking `direct(frame, ts_ms)` (one send
+syscall, no greenlet switch); whatever the socket does not take is queued,
+tail first, and the writer woken. A live client thus costs one syscall per
+frame; only a client that is behind costs a writer greenlet.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ CONTROL_HEADROOM = 256  # acks/errors may exceed max_frames by this much, then o
 class Outbox:
     """Frames waiting for one client's writer."""
 
-    __slots__ = ("behind_since", "clock", "closed", "conflated", "conflations", "conn_id",
-                 "frames", "max_behind_s", "max_frames", "oldest_ts_ms", "overflowed", "tokens",
-                 "wake")
+    __slots__ = ("behind_since", "busy", "clock", "closed", "conflated", "conflations", "conn_id",
+                 "direct", "frames", "max_behind_s", "max_frames", "oldest_ts_ms", "overflowed",
+                 "tokens", "wake")
 
     def __init__(self, max_frames: int, wake: Callable[[], None], conn_id: int = 0,
-                 max_behind_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_behind_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 direct: Callable[[bytes, int], int] | None = None) -> None:
         self.frames: deque[bytes] = deque()
         self.conflated: dict[str, bytes] = {}
         self.max_frames = max_frames
@@ -42,6 +49,8 @@ class Outbox:
         self.conn_id = conn_id
         # Kafka timestamp of the oldest tick waiting (0: none): the writer's latency sample.
         self.oldest_ts_ms = 0
+        self.direct = direct
+        self.busy = False  # the writer is sending: no write-through (bytes would interleave)
 
     def push(self, frame: bytes, token: str | None = None, ts_ms: int = 0) -> bool:
         """Queue a frame (a tick of `token`, or a control frame when None).
@@ -52,6 +61,12 @@ class Outbox:
         """
         if self.closed or self.overflowed:
             return False
+        if self.direct is not None and not self.busy and not self.frames and not self.conflated:
+            sent = self.direct(frame, ts_ms)
+            if sent == len(frame):
+                return True
+            if sent > 0:  # a frame's tail must follow at once, whole: queue it, never conflate it
+                frame, token = frame[sent:], None
         if ts_ms and not self.oldest_ts_ms:
             self.oldest_ts_ms = ts_ms
         if token is not None and (self.conflated or len(self.frames) >= self.max_frames):

@@ -19,7 +19,6 @@ import gevent
 import grpc
 import redis
 from gevent import pywsgi
-from geventwebsocket.handler import WebSocketHandler
 
 from common.metrics import CONTENT_TYPE, FastHistogram, exposition, make_registry
 from common.registry import Registry, now_ms
@@ -33,9 +32,10 @@ from shard.grpc_ingest import IngestServicer, add_to_server
 from shard.hub import Hub
 from shard.ingest import IngestCore
 from shard.keepalive import Action, keepalive_action
+from shard.loopwatch import LoopWatch
 from shard.outbox import Outbox
 from shard.registry_writer import RegistryWriter, make_info
-from shard.wsconn import Connection, LimitedWebSocket
+from shard.wsconn import Connection, LimitedWebSocket, ShardHandler
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws"
@@ -53,7 +53,7 @@ class ShardServer:
         self.metrics = make_registry(lambda: metrics.collect(self))
         self.conns: dict[int, Connection] = {}
         self._ids = itertools.count(1)
-        self.hub = Hub()
+        self.hub = Hub(pause=gevent.idle)
         self.core = IngestCore(self.hub, self._on_overflow, pause=gevent.idle)
         client = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
         self.registry = Registry(client, cfg.namespace)
@@ -65,10 +65,11 @@ class ShardServer:
         self.hub.on_first = lambda token: self.writer.mark(token, True)
         self.hub.on_last = lambda token: self.writer.mark(token, False)
         self.accepting = True
+        self.watch = LoopWatch(lambda: len(self.conns), cfg.gc_freeze_check_s)
         self.drain: Drain | None = None
         self._sweeper: gevent.Greenlet | None = None
         self.ws_server = pywsgi.WSGIServer(
-            (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=WebSocketHandler, log=None
+            (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=ShardHandler, log=None
         )
         self.ws_server.pre_start_hook = self._plain_http
         # One worker per live ingest stream (one per dispatcher) for its whole life, plus headroom.
@@ -91,6 +92,7 @@ class ShardServer:
         self.writer.start()
         self.ws_server.start()
         self._sweeper = gevent.spawn(self._keepalive_loop)
+        self.watch.start()
         log.info("shard up ws=%s grpc=%s", self.cfg.ws_url, self.cfg.grpc_addr)
 
     def start_drain(self, window_s: float) -> Drain:
@@ -109,6 +111,7 @@ class ShardServer:
         self.accepting = False
         if self._sweeper is not None:
             self._sweeper.kill(block=False)
+        self.watch.stop()
         for conn in list(self.conns.values()):
             conn.close(Close.GOING_AWAY, "shard shutting down")
         deadline = gevent.get_hub().loop.now() + 3
@@ -120,7 +123,7 @@ class ShardServer:
         log.info("shard stopped")
 
     # -- adapters --------------------------------------------------------
-    def _plain_http(self, handler: WebSocketHandler) -> bool:
+    def _plain_http(self, handler: ShardHandler) -> bool:
         """Before the upgrade: True sends the request to `wsgi_app` as plain HTTP."""
         env = handler.environ
         if env.get("PATH_INFO") != WS_PATH:
@@ -170,6 +173,7 @@ class ShardServer:
             conn.run()
         finally:
             del self.conns[conn_id]
+            self.watch.policy.closed()
             self.counters["frames_conflated"] += conn.box.conflations
 
     def _keepalive_loop(self) -> None:
@@ -228,6 +232,9 @@ class ShardServer:
             "registry_synced": self.writer.synced,
             "registered_tokens": len(self.writer.registered),
             "state": self._state(),
+            "delivery_latency_counts": list(self.latency.counts),
+            "latency_bounds_s": list(self.latency.bounds),
+            **self.watch.stats(),
         }
 
 

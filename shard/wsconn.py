@@ -14,8 +14,8 @@ import time
 from typing import TYPE_CHECKING
 
 import gevent
-import gevent.event
 from geventwebsocket.exceptions import ProtocolError as WsProtocolError
+from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 
 from shard.codes import Close, ErrorCode
@@ -56,6 +56,17 @@ class InboundRejectedError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+READ_BUFFER_BYTES = 2048  # clients send little; pywsgi's default 8 KiB buffer per connection adds up
+
+
+class ShardHandler(WebSocketHandler):
+    """gevent-websocket's handler with a smaller read buffer (memory per idle connection)."""
+
+    def __init__(self, sock, address, server, rfile=None) -> None:
+        super().__init__(sock, address, server,
+                         rfile if rfile is not None else sock.makefile("rb", READ_BUFFER_BYTES))
 
 
 class LimitedWebSocket(WebSocket):
@@ -100,7 +111,25 @@ class LimitedWebSocket(WebSocket):
 
 
 class Connection:
-    """Reader loop, writer greenlet and per-client limits of one WebSocket."""
+    """Reader loop, on-demand writer greenlet and per-client limits of one WebSocket."""
+
+    __slots__ = (
+        "box",
+        "bucket",
+        "close_code",
+        "close_reason",
+        "last_ping",
+        "last_rx",
+        "max_frame_bytes",
+        "peer_gone",
+        "rate_strikes",
+        "raw",
+        "server",
+        "sock",
+        "write_timeout",
+        "writer",
+        "ws",
+    )
 
     def __init__(self, server: ShardServer, ws: WebSocket, conn_id: int) -> None:
         cfg = server.cfg
@@ -110,32 +139,36 @@ class Connection:
         # We coalesce frames ourselves (Outbox.drain); Nagle would instead hold a
         # tick until the client's delayed ACK of the previous frame, up to 40 ms.
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.raw = self.sock._sock  # the non-blocking OS socket under gevent's wrapper
         self.max_frame_bytes = cfg.max_frame_bytes
-        self.event = gevent.event.Event()
-        self.box = Outbox(cfg.outbox_frames, self.event.set, conn_id, cfg.max_behind_s)
+        self.writer: gevent.Greenlet | None = None
+        self.box = Outbox(cfg.outbox_frames, self._wake, conn_id, cfg.max_behind_s,
+                          direct=self._write_now)
         self.bucket = TokenBucket(cfg.requests_per_s, cfg.request_burst)
         self.rate_strikes = 0
         self.last_rx = self.last_ping = time.monotonic()
         self.close_code: int | None = None
         self.close_reason = ""
         self.peer_gone = False
-        self.write_timeout = gevent.Timeout(cfg.write_timeout_s)
+        self.write_timeout: gevent.Timeout | None = None  # made on the first blocking write
 
     # -- lifecycle -------------------------------------------------------
     def run(self) -> None:
         """Serve the connection until either side closes it."""
-        writer = gevent.spawn(self._write_loop)
         try:
             self._read_loop()
         finally:
             self.server.hub.remove(self.box)
             if self.peer_gone:
-                writer.kill(block=False)  # nothing can be written to a dead socket
+                if self.writer is not None:
+                    self.writer.kill(block=False)  # nothing can be written to a dead socket
             else:
                 if self.close_code is None:
                     self.close(Close.GOING_AWAY, "")
-                writer.join(timeout=2)  # let it flush and send the close frame
-                writer.kill(block=False)
+                writer = self.writer
+                if writer is not None:
+                    writer.join(timeout=2)  # let it flush and send the close frame
+                    writer.kill(block=False)
             self.ws.closed = True  # the stock handler must not write a close frame of its own
 
     def ping(self, now: float) -> None:
@@ -148,7 +181,7 @@ class Connection:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
-        self.event.set()
+        self._wake()
 
     # -- reading ---------------------------------------------------------
     def _read_loop(self) -> None:
@@ -219,35 +252,61 @@ class Connection:
         self.box.push(error_frame(err))
 
     # -- writing ---------------------------------------------------------
-    def _write_loop(self) -> None:
-        box, event, counters = self.box, self.event, self.server.counters
-        latency = self.server.latency
+    def _write_now(self, frame: bytes, ts_ms: int) -> int:
+        """Outbox write-through: one non-blocking send; the bytes the socket took."""
+        if self.close_code is not None:
+            return 0  # the writer orders what is left before the close frame
         try:
-            while True:
-                event.wait()
-                event.clear()
-                if box.overflowed:
-                    box.frames.clear()
-                    box.conflated.clear()
-                    self.close_code = Close.SLOW_CONSUMER
-                    self.close_reason = "client too slow: outbox overflowed"
-                while box.pending:
-                    data, n = box.drain()
-                    self._send(data)
-                    counters["frames_written"] += n
-                    if box.oldest_ts_ms:
-                        # Upper bound: every frame of this write counted at the oldest one's age.
-                        latency.observe(time.time() - box.oldest_ts_ms / 1000, n)
-                        box.oldest_ts_ms = 0 if not box.pending else box.oldest_ts_ms
-                if self.close_code is not None:
-                    self._send(close_frame(self.close_code, self.close_reason))
-                    return
+            sent = self.raw.send(frame)
+        except OSError:  # full (EAGAIN) or broken: the writer waits or finds out and hangs up
+            return 0
+        if sent == len(frame):
+            server = self.server
+            server.counters["frames_written"] += 1
+            if ts_ms:
+                server.latency.observe(time.time() - ts_ms / 1000)
+        return sent
+
+    def _wake(self) -> None:
+        """Something is queued or the connection is closing: make sure a writer runs."""
+        if self.writer is None:
+            self.writer = gevent.spawn(self._write_loop)
+
+    def _write_loop(self) -> None:
+        """Flush the outbox, then exit (or send the close frame and hang up)."""
+        box, counters = self.box, self.server.counters
+        latency = self.server.latency
+        hang_up = True
+        try:
+            if box.overflowed:
+                box.frames.clear()
+                box.conflated.clear()
+                self.close_code = Close.SLOW_CONSUMER
+                self.close_reason = "client too slow: outbox overflowed"
+            box.busy = True
+            while box.pending:
+                data, n = box.drain()
+                self._send(data)
+                counters["frames_written"] += n
+                if box.oldest_ts_ms:
+                    # Upper bound: every frame of this write counted at the oldest one's age.
+                    latency.observe(time.time() - box.oldest_ts_ms / 1000, n)
+                    box.oldest_ts_ms = 0 if not box.pending else box.oldest_ts_ms
+            box.busy = False
+            if self.close_code is not None:
+                self._send(close_frame(self.close_code, self.close_reason))
+            else:
+                hang_up = False  # idle again: the next push writes through or wakes a new writer
         except (OSError, gevent.Timeout):
             pass
         finally:
-            self._hang_up()
+            self.writer = None
+            if hang_up:
+                self._hang_up()
 
     def _send(self, data: bytes) -> None:
+        if self.write_timeout is None:
+            self.write_timeout = gevent.Timeout(self.server.cfg.write_timeout_s)
         self.write_timeout.start()
         try:
             self.sock.sendall(data)
@@ -255,6 +314,7 @@ class Connection:
             self.write_timeout.cancel()
 
     def _hang_up(self) -> None:
+        self.box.closed = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 

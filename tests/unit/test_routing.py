@@ -93,3 +93,46 @@ def test_expiry_margin_never_catches_a_live_shard():
     assert expiry_margin_ms(info(500, 2000), slack_ms=1100) == 1000
     assert expiry_margin_ms(info(1000, 2000), slack_ms=1100) == 0
     assert expiry_margin_ms(info(0, 0), slack_ms=1100) == 0
+
+
+class CountingLookup:
+    """A lookup that counts its calls, optionally batch-prefetching or uncached."""
+
+    healthy = True
+
+    def __init__(self, routes: dict[str, frozenset[str]], cache_per_poll: bool = True) -> None:
+        self.routes = routes
+        self.calls = 0
+        self.prepared: list[set[str]] = []
+        self.cache_per_poll = cache_per_poll
+
+    def shards_for(self, token: str) -> frozenset[str]:
+        self.calls += 1
+        return self.routes.get(token, frozenset())
+
+
+def test_router_looks_up_each_token_once_per_poll_unless_told_not_to():
+    """The table is asked once per distinct token; a per-record baseline once per record."""
+    from common.records import Record
+    from dispatcher.routing import Router
+
+    recs = [Record("A", b"1"), Record("B", b"2"), Record("A", b"3"), Record("A", b"4")]
+    cached = CountingLookup({"A": frozenset({"s1"})})
+    plan = Router(cached).route(recs, ["s1", "s2"])
+    assert cached.calls == 2 and [r.payload for r in plan["s1"]] == [b"1", b"3", b"4"]
+    per_record = CountingLookup({"A": frozenset({"s1"})}, cache_per_poll=False)
+    assert Router(per_record).route(recs, ["s1"]) == plan | {} and per_record.calls == 4
+
+
+def test_router_lets_a_batch_lookup_prefetch_the_poll_tokens():
+    """A lookup with prepare() gets the poll's distinct tokens before routing starts."""
+    from common.records import Record
+    from dispatcher.routing import Router
+
+    class Batch(CountingLookup):
+        def prepare(self, tokens):
+            self.prepared.append(set(tokens))
+
+    lookup = Batch({"B": frozenset({"s2"})})
+    plan = Router(lookup).route([Record("A", b"1"), Record("B", b"2"), Record("B", b"3")], ["s1", "s2"])
+    assert lookup.prepared == [{"A", "B"}] and list(plan) == ["s2"]

@@ -1,0 +1,1 @@
+"""Load generator and benchmarks (issue 4): `make bench`, `make bench-matrix`, routing-cost comparison."""
