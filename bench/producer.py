@@ -12,7 +12,6 @@ import bisect
 import json
 import logging
 import random
-import sys
 import time
 
 from kafka import KafkaProducer
@@ -36,7 +35,6 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    sys.setswitchinterval(0.0005)  # the Kafka client's sender thread must not wait 5 ms for the GIL
     logging.basicConfig(level=logging.WARNING)
     rng = random.Random(a.seed)
     names = [token_name(r) for r in range(a.tokens)]

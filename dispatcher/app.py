@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from dataclasses import asdict
 
@@ -135,16 +134,12 @@ class Dispatcher:
             "registry_sync_age_s": round(time.time() - self.sync.last_sync_s, 3),
             "dropped_for_gone_shards": self.streams.dropped_gone,
             "live_shards": sorted(self.sync.live),
+            "first_record_at": self.loop.first_record_at,
+            "process_cpu_s": time.process_time(),
             "consume_latency_counts": list(self.loop.consume_latency.counts),
             "latency_bounds_s": list(self.loop.consume_latency.bounds),
             "shards": self.streams.stats(),
         }
-
-
-# The Kafka thread, the per-shard sender threads and the registry thread share
-# one GIL; at the default 5 ms switch interval a thread woken by the network
-# waits up to 5 ms for its turn, which showed up directly in tick latency.
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def _lookup(kind: str, sync: RegistrySync) -> RouteLookup:
@@ -157,7 +152,6 @@ def _lookup(kind: str, sync: RegistrySync) -> RouteLookup:
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     cfg = parse_args(argv)
     setup_logging("dispatcher", cfg.dispatcher_id, cfg.log_level)
     logging.getLogger("kafka").setLevel(logging.WARNING)

@@ -60,6 +60,8 @@ class ConsumerLoop:
         self.last: dict[str, Record] = {}
         # partition → (position, high watermark), refreshed by this thread about once a second.
         self.lag: dict[int, tuple[int, int]] = {}
+        # (wall clock, process CPU) when the first record arrived: throughput runs time from here.
+        self.first_record_at: tuple[float, float] | None = None
         # Kafka record timestamp → polled here: the Kafka hop of the end-to-end latency.
         self.consume_latency = FastHistogram()
         # Called with the seconds each poll's routing and hand-off took (the metrics hook).
@@ -143,6 +145,8 @@ class ConsumerLoop:
                 out.append(rec)
                 last[token] = rec
                 observe((now_ms - cr.timestamp) / 1000)
+        if out and self.first_record_at is None:
+            self.first_record_at = (time.time(), time.process_time())
         self.records_consumed += len(out)
         return out
 
