@@ -58,7 +58,7 @@ test: deps protos kafka-jars redis
 
 # Benchmarks (issue 4); see docs/benchmarks.md. BENCH_QUICK=1 for the small profile.
 bench: deps protos kafka-jars redis
-	ulimit -n $$(ulimit -Hn); $(PY) -m bench.run
+	ulimit -n $$(ulimit -Hn); $(PY) -m bench.run --reps $${BENCH_REPS:-3}
 
 bench-matrix: deps protos kafka-jars redis
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 
 def targets(r: dict) -> list[dict]:
     """Each target, its limit, the measured value and whether it is met (None: not measured here)."""
@@ -88,3 +90,23 @@ def render(r: dict) -> str:
                [[x["target"], x["limit"], x["measured"], {True: "yes", False: "NO", None: ""}[x["met"]]]
                 for x in r.get("targets", [])])
     return f"{head}\n\n{summary}\n\n{shards}\n\n{tg}"
+
+
+def summarize(per_run: list[list[dict]]) -> list[dict]:
+    """Each target's median over the runs, and in how many runs it was met."""
+    out = []
+    for rows in zip(*per_run, strict=True):
+        values = [r["measured"] for r in rows if isinstance(r["measured"], int | float)]
+        met = [r["met"] for r in rows]
+        out.append({**rows[0], "measured": statistics.median(values) if values else rows[0]["measured"],
+                    "runs": [r["measured"] for r in rows],
+                    "met": None if met[0] is None else all(met),
+                    "met_runs": None if met[0] is None else f"{sum(met)}/{len(met)}"})
+    return out
+
+
+def render_targets(rows: list[dict], reps: int) -> str:
+    return f"Targets, medians of {reps} runs:\n" + table(
+        ["target", "limit", "median", "runs", "met"],
+        [[x["target"], x["limit"], x["measured"], ", ".join(fmt(v) for v in x["runs"]),
+          x["met_runs"] or ""] for x in rows])

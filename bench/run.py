@@ -30,7 +30,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench import procstat
-from bench.report import render, targets
+from bench.report import render, render_targets, summarize, targets
 from bench.stack import Fleet, Sut, routing_tokens, wait
 from bench.workload import (
     fanout_fraction,
@@ -106,8 +106,9 @@ def run_scenario(sc: Scenario, infra: Infra, label: str = "", progress: bool = T
             fleet.tell("mark")
 
         produced = _produce(sut, fleet, sc, rate, work, label, progress, measure)
-        expected = sum(seq * sum(table[t].values()) for t, seq in produced["final_seq"].items() if t in table)
-        _settle(fleet, expected)
+        # Upper bound while waiting (as if every client connected); exact figure from the fleet below.
+        _settle(fleet, sum(seq * sum(table[t].values()) for t, seq in produced["final_seq"].items()
+                           if t in table))
         after = sut.snapshot()
         fleet_cpu = sum(procstat.cpu_s(p) for p in fleet.pids()) - marks["fleet_cpu0"]
         before = marks["before"]
@@ -116,8 +117,7 @@ def run_scenario(sc: Scenario, infra: Infra, label: str = "", progress: bool = T
         if fleet is not None:
             fleet.kill()
         sut.stop()
-    return _figures(sc, rate, table, ramp_s, baseline, before, after, produced, expected, results,
-                    fleet_cpu)
+    return _figures(sc, rate, table, ramp_s, baseline, before, after, produced, results, fleet_cpu)
 
 
 def _ramp(fleet: Fleet, n: int, label: str, progress: bool) -> float:
@@ -128,7 +128,7 @@ def _ramp(fleet: Fleet, n: int, label: str, progress: bool) -> float:
             bar.n = done
             bar.set_postfix(failed=fleet.total("failed"), subscribed=fleet.total("subscribed"))
             bar.refresh()
-            if done >= n and fleet.total("subscribed") >= fleet.total("connected"):
+            if done >= n and fleet.total("subscribed") >= fleet.total("connected"):  # failures counted
                 return time.monotonic() - start
             if time.monotonic() - start > 600:
                 raise TimeoutError(f"ramp-up stalled at {done}/{n}")
@@ -185,10 +185,13 @@ def _settle(fleet: Fleet, expected: int, quiet_s: float = 5.0, cap_s: float = 12
             return
 
 
-def _figures(sc, rate, table, ramp_s, baseline, before, after, produced, expected, results,
-             fleet_cpu) -> dict:
+def _figures(sc, rate, table, ramp_s, baseline, before, after, produced, results, fleet_cpu) -> dict:
     shard_ids = [k for k in after if k != "dispatcher"]
     hist = merge_hist(r["latency_hist_us"] for r in results)
+    # Expected for the clients that subscribed (a client that failed to connect is counted
+    # under connections, not here): the last sequence number of each of their tokens.
+    subs = merge_hist(r["subs"] for r in results)
+    expected = sum(seq * subs.get(t, 0) for t, seq in produced["final_seq"].items())
     delivered = sum(r["ticks"] for r in results)
     delivered_measured = delivered - sum(r["ticks_at_mark"] for r in results)
     held = sum(r["connected"] - r["closed_by_server"] for r in results)
@@ -296,7 +299,7 @@ def _window(a: dict, b: dict, key: str) -> tuple[float, int]:
     return worst, over
 
 
-def parse(argv: list[str] | None = None) -> tuple[Scenario, Path, bool]:
+def parse(argv: list[str] | None = None) -> tuple[Scenario, Path, bool, int]:
     env = os.environ
     base = QUICK if env.get("BENCH_QUICK") == "1" else Scenario()
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
@@ -309,11 +312,13 @@ def parse(argv: list[str] | None = None) -> tuple[Scenario, Path, bool]:
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(default), default=default)
     p.add_argument("--out", default=env.get("BENCH_OUT", ""))
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--reps", type=int, default=int(env.get("BENCH_REPS", "1")),
+                   help="run the scenario this many times; targets report medians")
     a = p.parse_args(argv)
     sc = replace(base, **{k: getattr(a, k) for k in Scenario.__dataclass_fields__})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(a.out) if a.out else ROOT / ".run" / "bench" / f"bench-{sc.mode}-S{sc.shards}-{stamp}.json"
-    return sc, out, not a.no_progress
+    return sc, out, not a.no_progress, a.reps
 
 
 def raise_fd_limit() -> None:
@@ -323,21 +328,27 @@ def raise_fd_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sc, out, progress = parse(argv)
+    sc, out, progress, reps = parse(argv)
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="shardcast-bench-"))
     started = time.time()
     infra = Infra(workdir)
+    runs = []
     try:
-        result = run_scenario(sc, infra, f"S={sc.shards} {sc.mode}", progress)
+        for rep in range(reps):
+            r = run_scenario(sc, infra, f"[{rep + 1}/{reps}] S={sc.shards} {sc.mode}", progress)
+            r["targets"] = targets(r)
+            runs.append(r)
+            if reps > 1:
+                print(render(r) + "\n", flush=True)
     finally:
         infra.stop()
-    result["wall_s"] = round(time.time() - started, 1)
-    result["machine"] = machine()
-    result["targets"] = targets(result)
+    # The last run carries every figure; the summary gives each target's median over the runs.
+    result = {**runs[-1], "wall_s": round(time.time() - started, 1), "machine": machine(),
+              "targets": summarize([r["targets"] for r in runs]), "runs": runs if reps > 1 else []}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(render(result))
+    print(render(result) if reps == 1 else render_targets(result["targets"], reps))
     print(f"\nJSON: {out}")
     return 0
 

@@ -102,11 +102,12 @@ def latency_bucket(latency_us: int) -> int:
     return latency_us // COARSE_STEP_US * COARSE_STEP_US
 
 
-def merge_hist(hists: Iterable[Mapping]) -> Counter[int]:
-    total: Counter[int] = Counter()
+def merge_hist(hists: Iterable[Mapping]) -> Counter:
+    """Sum counters from several fleet processes (numeric keys come back from JSON as strings)."""
+    total: Counter = Counter()
     for h in hists:
         for k, v in h.items():
-            total[int(k)] += v
+            total[int(k) if isinstance(k, str) and k.isdigit() else k] += v
     return total
 
 

@@ -34,6 +34,7 @@ class ShardConfig:
     ingest_window_batches: int
     ack_timeout_s: float
     gc_freeze_check_s: float
+    listen_backlog: int
     log_level: str
 
     @property
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
       "max wait for registry before a subscribe ack", positive(float))
     f("gc-freeze-check-s", "SHARDCAST_GC_FREEZE_CHECK_S", 5.0,
       "how often to consider gc.freeze() after connection growth (0: never)", float)
+    f("listen-backlog", "SHARDCAST_LISTEN_BACKLOG", 4096,
+      "pending TCP connections the WebSocket port queues (gevent's default, 128, is small for a "
+      "wave of reconnects)", positive(int))
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     a = p.parse_args(argv)
     if a.gc_freeze_check_s < 0:
@@ -111,5 +115,6 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
         ingest_window_batches=a.ingest_window,
         ack_timeout_s=a.ack_timeout_s,
         gc_freeze_check_s=a.gc_freeze_check_s,
+        listen_backlog=a.listen_backlog,
         log_level=a.log_level,
     )

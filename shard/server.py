@@ -40,6 +40,7 @@ from shard.wsconn import Connection, LimitedWebSocket, ShardHandler
 log = logging.getLogger(__name__)
 WS_PATH = "/ws"
 DEMO_PAGE = Path(__file__).with_name("static") / "demo.html"
+SWEEP_SLICE_S = 0.1  # the keepalive sweep visits a slice of the clients this often
 
 
 class ShardServer:
@@ -69,7 +70,8 @@ class ShardServer:
         self.drain: Drain | None = None
         self._sweeper: gevent.Greenlet | None = None
         self.ws_server = pywsgi.WSGIServer(
-            (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=ShardHandler, log=None
+            (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=ShardHandler, log=None,
+            backlog=cfg.listen_backlog,
         )
         self.ws_server.pre_start_hook = self._plain_http
         # One worker per live ingest stream (one per dispatcher) for its whole life, plus headroom.
@@ -177,20 +179,34 @@ class ShardServer:
             self.counters["frames_conflated"] += conn.box.conflations
 
     def _keepalive_loop(self) -> None:
-        """Ping quiet clients and close silent ones (see shard.keepalive)."""
+        """Ping quiet clients and close silent ones (see shard.keepalive).
+
+        Each pass is spread over the whole period in small slices: pinging
+        thousands of clients at once (each ping a send, each pong a reader
+        wake-up) stalled the event loop for up to 100 ms at 12,500 clients.
+        """
         cfg = self.cfg
         period = min(cfg.ping_interval_s / 2, 5.0)
+        slices = max(1, round(period / SWEEP_SLICE_S))
         while True:
-            gevent.sleep(period)
-            now = time.monotonic()
-            for conn in list(self.conns.values()):
-                action = keepalive_action(now, conn.last_rx, conn.last_ping,
-                                          cfg.ping_interval_s, cfg.idle_timeout_s)
-                if action is Action.PING:
-                    conn.ping(now)
-                elif action is Action.CLOSE:
-                    self.counters["clients_idle_closed"] += 1
-                    conn.close(Close.IDLE_TIMEOUT, "no traffic from client")
+            conns = list(self.conns.values())
+            per = -(-len(conns) // slices)
+            for k in range(slices):
+                gevent.sleep(period / slices)
+                now = time.monotonic()
+                for conn in conns[k * per:(k + 1) * per]:
+                    self._keep_alive(conn, now)
+
+    def _keep_alive(self, conn: Connection, now: float) -> None:
+        if conn.close_code is not None:
+            return  # already closing (the pass works from a snapshot of the clients)
+        cfg = self.cfg
+        action = keepalive_action(now, conn.last_rx, conn.last_ping, cfg.ping_interval_s, cfg.idle_timeout_s)
+        if action is Action.PING:
+            conn.ping(now)
+        elif action is Action.CLOSE:
+            self.counters["clients_idle_closed"] += 1
+            conn.close(Close.IDLE_TIMEOUT, "no traffic from client")
 
     def _on_overflow(self, boxes: list[Outbox]) -> None:
         """A subscriber fell behind: its writer closes it with SLOW_CONSUMER; drop its subs now."""

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 OP_PING = 0x9
 OP_PONG = 0xA
 MAX_RATE_STRIKES = 20
+PING_FRAME = ws_frame(b"", OP_PING)
 
 
 class PeerClosedError(Exception):
@@ -174,7 +175,7 @@ class Connection:
     def ping(self, now: float) -> None:
         """Queue a WebSocket ping; the client's pong (any frame) proves it is alive."""
         self.last_ping = now
-        self.box.push(ws_frame(b"", OP_PING))
+        self.box.push(PING_FRAME)
 
     def close(self, code: int, reason: str) -> None:
         """Ask the writer to flush (unless overflowed), send a close frame and hang up."""
@@ -278,13 +279,16 @@ class Connection:
         latency = self.server.latency
         hang_up = True
         try:
-            if box.overflowed:
-                box.frames.clear()
-                box.conflated.clear()
-                self.close_code = Close.SLOW_CONSUMER
-                self.close_reason = "client too slow: outbox overflowed"
             box.busy = True
-            while box.pending:
+            while True:
+                if box.overflowed:  # checked before every write: it can happen while we send
+                    box.frames.clear()
+                    box.conflated.clear()
+                    if self.close_code is None:
+                        self.close_code = Close.SLOW_CONSUMER
+                        self.close_reason = "client too slow: outbox overflowed"
+                if not box.pending:
+                    break
                 data, n = box.drain()
                 self._send(data)
                 counters["frames_written"] += n
