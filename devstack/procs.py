@@ -35,6 +35,18 @@ def free_port() -> int:
             return port
 
 
+def port_bindable(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:`port` now (nothing listens on it and no
+    connection uses it as its local port)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

@@ -27,7 +27,7 @@ import redis
 from common.cli import setup_logging
 from common.registry import Registry
 from devstack.kafka_server import KafkaServer, create_topic
-from devstack.procs import ROOT, free_port, port_open
+from devstack.procs import ROOT, free_port, port_bindable
 from devstack.redis_server import RedisServer
 from devstack.stack import Common, DispatcherProc, start_dispatcher, start_producer, start_shard, stop_all
 
@@ -36,7 +36,7 @@ log = logging.getLogger("run")
 
 def _port(preferred: int) -> int:
     """The preferred port if free, else any free one (so a busy port never blocks `make run`)."""
-    return preferred if not port_open("127.0.0.1", preferred) else free_port()
+    return preferred if port_bindable(preferred) else free_port()
 
 
 def main() -> None:
