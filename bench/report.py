@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import statistics
 
+from common.tables import table as common_table
+
 
 def targets(r: dict) -> list[dict]:
     """Each target, its limit, the measured value and whether it is met (None: not measured here)."""
@@ -40,10 +42,7 @@ def targets(r: dict) -> list[dict]:
 
 
 def table(headers: list[str], rows: list[list]) -> str:
-    cells = [headers] + [[fmt(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in cells)
+    return common_table(headers, rows, fmt)
 
 
 def fmt(v) -> str:

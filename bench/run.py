@@ -39,6 +39,7 @@ from bench.workload import (
     percentile_ms,
     subscription_table,
 )
+from common.metrics import bucket_quantile
 from devstack.kafka_server import KafkaServer
 from devstack.procs import ROOT, free_port
 from devstack.redis_server import RedisServer
@@ -272,12 +273,8 @@ def _breakdown(before: dict, after: dict, shard_ids: list[str]) -> dict:
         return [x - y for x, y in zip(after[name]["stats"][key], before[name]["stats"][key], strict=True)]
 
     def q(counts: list[int], bounds: list[float], p: float) -> float | None:
-        total, seen = sum(counts), 0
-        for bound, n in zip([*bounds, float("inf")], counts, strict=True):
-            seen += n
-            if total and seen >= p * total:
-                return bound * 1000
-        return None
+        value = bucket_quantile(bounds, counts, p)
+        return None if value is None else value * 1000
 
     kafka = delta("dispatcher", "consume_latency_counts")
     kbounds = after["dispatcher"]["stats"]["latency_bounds_s"]

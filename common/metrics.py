@@ -44,15 +44,7 @@ class FastHistogram:
 
     def quantile(self, q: float) -> float:
         """Upper bound of the bucket holding quantile q (inf when beyond the last bound)."""
-        total = self.count
-        if total == 0:
-            return 0.0
-        rank, seen = q * total, 0
-        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            seen += n
-            if seen >= rank:
-                return bound
-        return float("inf")
+        return bucket_quantile(self.bounds, self.counts, q) or 0.0
 
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
         cumulative, running = [], 0
@@ -60,6 +52,20 @@ class FastHistogram:
             running += n
             cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
         return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.sum)
+
+
+def bucket_quantile(bounds: Sequence[float], counts: Sequence[int], q: float) -> float | None:
+    """Upper bound of the bucket holding quantile q of `counts` (one more than `bounds`: +Inf);
+    None when empty. Works on differences of two snapshots as well as on a live histogram."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank, seen = q * total, 0
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        seen += n
+        if seen >= rank:
+            return bound
+    return float("inf")
 
 
 def counter(name: str, doc: str, value: float) -> CounterMetricFamily:

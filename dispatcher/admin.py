@@ -17,15 +17,14 @@ from google.protobuf.json_format import MessageToDict
 from shardcast.v1 import admin_pb2, admin_pb2_grpc
 
 from common.cli import add_flag
+from common.tables import table as common_table
 
 MODES = {"targeted": admin_pb2.DISPATCH_MODE_TARGETED, "broadcast": admin_pb2.DISPATCH_MODE_BROADCAST}
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """Left-aligned columns, two spaces apart."""
-    cells = [list(map(str, headers))] + [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+    """The CLI's tables: floats with three decimals."""
+    return common_table(headers, rows, _fmt)
 
 
 def _fmt(value: object) -> str:
