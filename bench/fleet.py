@@ -38,7 +38,6 @@ class Totals:
         self.ticks_at_mark = 0
         self.errors: Counter[str] = Counter()
         self.close_codes: Counter[int] = Counter()
-        self.received: Counter[str] = Counter()  # token → ticks received over all clients
         self.subs: Counter[str] = Counter()  # token → clients subscribed here
         self.latency: Counter[int] = Counter()
 
@@ -59,7 +58,7 @@ def client(i: int, url: str, tokens: list[str], t: Totals, gate: gevent.lock.Bou
     t.connected += 1
     ws.send(json.dumps({"op": "subscribe", "tokens": tokens}).encode())
     last = dict.fromkeys(tokens, 0)
-    received, latency = t.received, t.latency
+    latency = t.latency
     try:
         for op, payload in ws.frames():
             if op == OP_PING:
@@ -81,7 +80,6 @@ def client(i: int, url: str, tokens: list[str], t: Totals, gate: gevent.lock.Bou
             token, seq, ts_us = tick
             now_us = int(time.time() * 1e6)
             t.ticks += 1
-            received[token] += 1
             latency[latency_bucket(now_us - ts_us)] += 1
             prev = last[token]
             if seq == prev + 1:
@@ -137,7 +135,7 @@ def main() -> None:
                    "closed_by_server": t.closed_by_server, "ticks": t.ticks,
                    "ticks_at_mark": t.ticks_at_mark, "gaps": t.gaps,
                    "reorders": t.reorders, "other_frames": t.other_frames, "errors": t.errors,
-                   "close_codes": t.close_codes, "received": t.received, "subs": t.subs,
+                   "close_codes": t.close_codes, "subs": t.subs,
                    "latency_hist_us": t.latency}, f)
     print(json.dumps({"done": True}), flush=True)
     sys.exit(0)

@@ -32,7 +32,7 @@ from bench.report import table
 from bench.run import Infra
 from bench.stack import Fleet, Sut, wait
 from bench.workload import subscription_table
-from devstack.procs import ROOT, http_json, stop
+from devstack.procs import ROOT, stop
 
 VARIANTS = ("table", "redis-per-batch", "redis-per-record")
 
@@ -47,7 +47,7 @@ def consume_once(sut: Sut, variant: str, rep: int, records: int, r: redis.Redis,
     d = sut.start_dispatcher("targeted", ["--route-lookup", variant, "--max-poll-records", "5000"],
                              group=f"rc-{variant}-{rep}-{time.time_ns()}",
                              dispatcher_id=f"rc-{variant}-{rep}")
-    stats = lambda: http_json(f"http://127.0.0.1:{d.http_port}/stats")[1]  # noqa: E731
+    stats = d.stats
     t_first = cpu_first = None
     c_first = c0
     deadline = time.monotonic() + 600

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from bench import procstat
 from bench.report import render, render_targets, summarize, targets
-from bench.stack import Fleet, Sut, routing_tokens, wait
+from bench.stack import Fleet, Sut, wait
 from bench.workload import (
     fanout_fraction,
     mean_subscribers,
@@ -96,7 +96,7 @@ def run_scenario(sc: Scenario, infra: Infra, label: str = "", progress: bool = T
         baseline = sut.snapshot()
         fleet = Fleet(sut.urls, sc.connections, sc.fleet_procs, sc.tokens, sc.subs, sc.zipf, sc.seed, work)
         ramp_s = _ramp(fleet, sc.connections, label, progress)
-        wait(lambda: routing_tokens(sut.dispatcher) >= len(table), 30, "routes in the dispatcher")
+        wait(lambda: sut.dispatcher.stats()["routing_tokens"] >= len(table), 30, "routes in the dispatcher")
         fleet.tell("freeze")
         time.sleep(2.0)  # let the shards' gc.freeze check run after the ramp
         marks: dict = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procstat
-from devstack.procs import ROOT, http_json
+from devstack.procs import ROOT
 from devstack.stack import Common, DispatcherProc, ShardProc, start_dispatcher, start_shard, stop_all
 
 SHARD_MAX_CONNECTIONS = 19_000  # below the 20,000 open-file cap: refuse with 503, never hang
@@ -145,6 +145,3 @@ def wait(check, timeout_s: float, what: str, interval_s: float = 0.2) -> None:
             raise TimeoutError(f"{what}: not done after {timeout_s}s")
         time.sleep(interval_s)
 
-
-def routing_tokens(d: DispatcherProc) -> int:
-    return http_json(f"http://127.0.0.1:{d.http_port}/stats")[1]["routing_tokens"]

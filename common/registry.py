@@ -117,6 +117,9 @@ class Registry:
     def tokens_key(self, shard_id: str) -> str:
         return f"{self.ns}:tokens:{shard_id}"
 
+    def mode_key(self) -> str:
+        return f"{self.ns}:mode"
+
     # -- shard side ------------------------------------------------------
     def heartbeat(self, info: ShardInfo, ttl_ms: int) -> bool:
         """Refresh the shard's liveness hash; return False if it had expired or was never set."""
@@ -216,9 +219,6 @@ class Registry:
             return False
         self.r.srem(self.shards_key(), shard_id)
         return True
-
-    def mode_key(self) -> str:
-        return f"{self.ns}:mode"
 
     def set_mode(self, mode: str) -> None:
         """Store the cluster's dispatch mode and tell every dispatcher now."""

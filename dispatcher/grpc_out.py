@@ -1,6 +1,6 @@
 """gRPC adapter for shard streams: one sender thread per live shard.
 
-The only dispatcher module (with its admin adapter, later) that imports
+With `admin_grpc` (and the admin CLI) the only dispatcher modules that import
 generated code: `Record`s become protobuf here and nowhere else.
 """
 

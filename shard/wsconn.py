@@ -295,7 +295,8 @@ class Connection:
                 if box.oldest_ts_ms:
                     # Upper bound: every frame of this write counted at the oldest one's age.
                     latency.observe(time.time() - box.oldest_ts_ms / 1000, n)
-                    box.oldest_ts_ms = 0 if not box.pending else box.oldest_ts_ms
+                    if not box.pending:  # else the rest is newer: the old age stays an upper bound
+                        box.oldest_ts_ms = 0
             box.busy = False
             if self.close_code is not None:
                 self._send(close_frame(self.close_code, self.close_reason))
