@@ -78,7 +78,8 @@ def tick_payload(seq: int, ts_us: int, pad: str) -> bytes:
     return b'{"q":%d,"t":%d,"px":"%s"}' % (seq, ts_us, pad.encode())
 
 
-TICK_RE = re.compile(rb'\{"type":"tick","token":"([^"]+)","data":\{"q":(\d+),"t":(\d+)')
+# The position fields (partition, offset, ts) sit between the token and the payload.
+TICK_RE = re.compile(rb'\{"type":"tick","token":"([^"]+)",[^{]*"data":\{"q":(\d+),"t":(\d+)')
 
 
 def parse_tick(frame: bytes) -> tuple[str, int, int] | None:

@@ -168,6 +168,10 @@ class Registry:
         pipe.publish(self.channel, json.dumps(msg, separators=(",", ":")))
         pipe.execute()
 
+    def registered_tokens(self, shard_id: str) -> set[str]:
+        """The tokens Redis holds for a shard (what its resync compares with the local truth)."""
+        return {t.decode() for t in self.r.smembers(self.tokens_key(shard_id))}
+
     def deregister(self, shard_id: str) -> None:
         """Clean shutdown: drop routes, liveness and membership, then announce."""
         self.cleanup(shard_id)

@@ -158,7 +158,7 @@ class AdminCore:
     def lookup(self, token: str) -> LookupView:
         _check_token(token)
         d = self.d
-        live = d.sync.live.keys()
+        live = d.streams.routable
         targets = d.router.targets(token, live)
         subscribed = d.sync.shards_for(token) & frozenset(live)
         return LookupView(token, d.router.mode, tuple(sorted(targets)), tuple(sorted(subscribed)))

@@ -16,6 +16,7 @@ from dispatcher.admin_core import AdminCore
 from dispatcher.admin_grpc import AdminServer, GrpcShardControl
 from dispatcher.config import DispatcherConfig, parse_args
 from dispatcher.consumer import ConsumerLoop
+from dispatcher.grpc_out import StreamPolicy
 from dispatcher.publisher import KafkaPublisher
 from dispatcher.redis_lookup import RedisPerBatch, RedisPerRecord
 from dispatcher.registry_sync import RegistrySync
@@ -34,11 +35,14 @@ class Dispatcher:
         self.started = time.time()
         self.sync = RegistrySync(cfg.redis_url, cfg.namespace, cfg.registry_refresh_s,
                                  cfg.janitor_grace_s, cfg.backoff_cap_s, self._send_snapshot,
-                                 self._on_cluster_mode)
+                                 self._on_cluster_mode, cfg.reregister_grace_s)
         self.snapshots_sent = 0
         self.router = Router(_lookup(cfg.route_lookup, self.sync), cfg.mode)
-        self.streams = ShardStreams(cfg.shard_queue_records, cfg.max_batch_records,
-                                    cfg.backoff_cap_s)
+        policy = StreamPolicy(cfg.max_batch_records, cfg.backoff_cap_s, cfg.grpc_keepalive_s,
+                              cfg.grpc_keepalive_timeout_s, cfg.stream_ping_s)
+        self.streams = ShardStreams(cfg.shard_queue_records, policy, cfg.stream_liveness_s,
+                                    latest=lambda token: self.loop.last.get(token),
+                                    tokens_of=self.sync.table.tokens_of)
         self.loop = ConsumerLoop(cfg, self.sync, self.router, self.streams)
         self.route_hist = FastHistogram(metrics.ROUTE_BUCKETS_S)
         self.loop.route_timer = self.route_hist.observe
@@ -101,15 +105,16 @@ class Dispatcher:
             return False
 
     def _health(self) -> tuple[int, object]:
-        ok = self.loop.assigned and self.sync.healthy
-        doc = {"ok": ok, "kafka_assigned": self.loop.assigned, "registry_synced": self.sync.healthy}
+        ok = self.loop.assigned and self.sync.connected
+        doc = {"ok": ok, "kafka_assigned": self.loop.assigned, "registry_synced": self.sync.connected,
+               "routes_trusted": self.sync.healthy}
         return (200 if ok else 503), doc
 
     def _route(self, query: dict[str, list[str]]) -> tuple[int, object]:
         token = (query.get("token") or [""])[0]
         if not token:
             return 400, {"error": "token query parameter required"}
-        shards = self.router.targets(token, self.sync.live.keys())
+        shards = self.router.targets(token, self.streams.routable)
         return 200, {"token": token, "mode": str(self.router.mode), "shards": sorted(shards)}
 
     def stats(self) -> dict[str, object]:
@@ -128,12 +133,15 @@ class Dispatcher:
             "commits": self.loop.commits,
             "commit_failures": self.loop.commit_failures,
             "routing_tokens": len(self.sync.table),
-            "registry_healthy": self.sync.healthy,
+            "registry_healthy": self.sync.connected,
+            "routes_trusted": self.sync.healthy,
             "registry_resyncs": self.sync.resyncs,
             "registry_changes_applied": self.sync.changes_applied,
             "registry_sync_age_s": round(time.time() - self.sync.last_sync_s, 3),
             "dropped_for_gone_shards": self.streams.dropped_gone,
             "live_shards": sorted(self.sync.live),
+            "routable_shards": sorted(self.streams.routable),
+            "shards_resynced_on_return": self.streams.resynced_returns,
             "first_record_at": self.loop.first_record_at,
             "process_cpu_s": time.process_time(),
             "consume_latency_counts": list(self.loop.consume_latency.counts),

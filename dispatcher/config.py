@@ -30,6 +30,14 @@ class DispatcherConfig:
     registry_refresh_s: float
     janitor_grace_s: float
     backoff_cap_s: float
+    kafka_session_timeout_s: float
+    kafka_heartbeat_s: float
+    kafka_reconnect_backoff_max_s: float
+    grpc_keepalive_s: float
+    grpc_keepalive_timeout_s: float
+    stream_ping_s: float
+    stream_liveness_s: float
+    reregister_grace_s: float
     admin_host: str
     admin_port: int
     admin_token: str = field(repr=False)  # a secret: kept out of logs
@@ -65,6 +73,29 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
     f("janitor-grace-s", "SHARDCAST_JANITOR_GRACE_S", 30.0,
       "remove routes of shards dead this long", positive(float))
     f("backoff-cap-s", "SHARDCAST_BACKOFF_CAP_S", 5.0, "longest reconnect delay", positive(float))
+    f("kafka-session-timeout-s", "SHARDCAST_KAFKA_SESSION_TIMEOUT_S", 6.0,
+      "consumer-group session timeout: a dead dispatcher's partitions move after this "
+      "(the broker's group.min.session.timeout.ms, 6 s by default, is the floor)", positive(float))
+    f("kafka-heartbeat-s", "SHARDCAST_KAFKA_HEARTBEAT_S", 0.5,
+      "consumer-group heartbeat: how fast this dispatcher joins a rebalance (its own partitions "
+      "pause about this long, since kafka-python rebalances eagerly)", positive(float))
+    f("kafka-reconnect-backoff-max-s", "SHARDCAST_KAFKA_RECONNECT_BACKOFF_MAX_S", 1.0,
+      "longest pause between reconnects to a Kafka broker (bounds the delay after a broker restart)",
+      positive(float))
+    f("grpc-keepalive-s", "SHARDCAST_GRPC_KEEPALIVE_S", 10.0,
+      "HTTP/2 keepalive ping period on shard streams; shards must permit it "
+      "(their --grpc-min-ping-interval-s must not exceed it)", positive(float))
+    f("grpc-keepalive-timeout-s", "SHARDCAST_GRPC_KEEPALIVE_TIMEOUT_S", 5.0,
+      "a shard stream whose keepalive ping gets no answer this long is reset", positive(float))
+    f("stream-ping-s", "SHARDCAST_STREAM_PING_S", 1.0,
+      "an idle shard stream carries an empty batch this often; its ack proves the shard alive",
+      positive(float))
+    f("stream-liveness-s", "SHARDCAST_STREAM_LIVENESS_S", 3.0,
+      "a shard missing from the registry stays routed while its stream acked within this long "
+      "(a Redis restart is not a shard death)", positive(float))
+    f("reregister-grace-s", "SHARDCAST_REREGISTER_GRACE_S", 3.0,
+      "after reconnecting to Redis, broadcast this long before trusting the reloaded routes "
+      "(shards re-register within one heartbeat)", positive(float))
     f("admin-host", "SHARDCAST_ADMIN_HOST", "127.0.0.1",
       "gRPC admin API bind address (beyond loopback only with --admin-token)")
     f("admin-port", "SHARDCAST_ADMIN_PORT", 8790, "gRPC admin API port", int)
@@ -83,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
         p.error("--shard-queue-records must be >= --max-poll-records (a poll must fit a queue)")
     if not a.admin_token and not is_loopback(a.admin_host):
         p.error("--admin-host beyond loopback needs --admin-token (the admin API can drain shards)")
+    if a.kafka_heartbeat_s * 3 > a.kafka_session_timeout_s:
+        p.error("--kafka-heartbeat-s must be at most a third of --kafka-session-timeout-s")
     if bool(a.admin_tls_cert) != bool(a.admin_tls_key):
         p.error("--admin-tls-cert and --admin-tls-key go together")
     return DispatcherConfig(
@@ -103,6 +136,14 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
         registry_refresh_s=a.registry_refresh_s,
         janitor_grace_s=a.janitor_grace_s,
         backoff_cap_s=a.backoff_cap_s,
+        kafka_session_timeout_s=a.kafka_session_timeout_s,
+        kafka_heartbeat_s=a.kafka_heartbeat_s,
+        kafka_reconnect_backoff_max_s=a.kafka_reconnect_backoff_max_s,
+        grpc_keepalive_s=a.grpc_keepalive_s,
+        grpc_keepalive_timeout_s=a.grpc_keepalive_timeout_s,
+        stream_ping_s=a.stream_ping_s,
+        stream_liveness_s=a.stream_liveness_s,
+        reregister_grace_s=a.reregister_grace_s,
         admin_host=a.admin_host,
         admin_port=a.admin_port,
         admin_token=a.admin_token,

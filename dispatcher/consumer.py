@@ -1,9 +1,17 @@
 """The Kafka side of the dispatcher: poll, route, hand on, then commit.
 
-Offsets are committed only for records already handed to the shard queues
-(every record a poll returned is handed on before the next poll or commit),
-periodically and on partition revocation, so a restarted dispatcher resumes
-after the last handed-on record instead of skipping or replaying a backlog.
+A partition's committed offset never passes a record some shard has not
+acked yet (nor one still waiting in a shard queue), periodically and on
+partition revocation: a dispatcher that dies, or loses its partitions, hands
+over at a position from which nothing handed on can be missing. What is
+replayed from there reaches shards twice and their position check drops it.
+
+Group timing (`--kafka-session-timeout-s`, `--kafka-heartbeat-s`) decides how
+fast a dead dispatcher's partitions move: the broker notices after the session
+timeout (its floor, `group.min.session.timeout.ms`, is 6 s by default), the
+survivors learn of the rebalance at their next heartbeat. kafka-python speaks
+only the eager rebalance protocol, so every rebalance also pauses the
+survivors' own partitions for about one heartbeat plus a join round trip.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
 from kafka.errors import KafkaError
 
 from common.backoff import Backoff
@@ -33,11 +41,13 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked) -> None:
         self.loop.commit()
-        gone = {tp.partition for tp in revoked}
-        self.loop.last = {t: r for t, r in self.loop.last.items() if r.partition not in gone}
 
     def on_partitions_assigned(self, assigned) -> None:
-        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        """Forget last values of partitions now owned elsewhere (kept across an eager
+        rebalance that hands the same partitions back: they are resync sources)."""
+        mine = {tp.partition for tp in assigned}
+        self.loop.last = {t: r for t, r in self.loop.last.items() if r.partition in mine}
+        log.info("assigned partitions %s", sorted(mine))
 
 
 class ConsumerLoop:
@@ -54,6 +64,7 @@ class ConsumerLoop:
         self.records_invalid = 0
         self.commits = 0
         self.commit_failures = 0
+
         self.polls = 0
         # Newest record of every token this dispatcher consumes: the snapshot a
         # shard gets when it joins a token's route. Written here only.
@@ -104,7 +115,9 @@ class ConsumerLoop:
             max_partition_fetch_bytes=1 << 20,
             fetch_max_bytes=16 << 20,
             receive_message_max_bytes=(16 << 20) + (1 << 20),
-            reconnect_backoff_max_ms=int(cfg.backoff_cap_s * 1000),
+            reconnect_backoff_max_ms=int(cfg.kafka_reconnect_backoff_max_s * 1000),
+            session_timeout_ms=int(cfg.kafka_session_timeout_s * 1000),
+            heartbeat_interval_ms=int(cfg.kafka_heartbeat_s * 1000),
         )
         consumer.subscribe(topics=[cfg.topic], listener=_CommitOnRevoke(self))
         log.info("consuming topic=%s group=%s", cfg.topic, cfg.group)
@@ -120,7 +133,7 @@ class ConsumerLoop:
             records = self._translate(polled)
             if records:
                 t0 = time.perf_counter()
-                plan = self.router.route(records, self.sync.live.keys())
+                plan = self.router.route(records, self.streams.routable)
                 self.streams.offer(plan)
                 self.route_timer(time.perf_counter() - t0)
             if time.monotonic() >= next_commit:
@@ -167,12 +180,18 @@ class ConsumerLoop:
         self.lag = lag
 
     def commit(self) -> None:
-        """Commit the positions of everything polled so far (all of it already handed on)."""
+        """Commit, per partition, what every shard has acked of what was polled so far."""
         c = self.consumer
         if c is None or not c.assignment():
             return
+        pending = self.streams.pending_offsets()
         try:
-            c.commit()
+            offsets = {}
+            for tp in c.assignment():
+                nxt = c.position(tp, timeout_ms=1000)  # every record before it was handed on
+                if nxt is not None:
+                    offsets[tp] = OffsetAndMetadata(min(nxt, pending.get(tp.partition, nxt)), "", -1)
+            c.commit(offsets)
             self.commits += 1
         except KafkaError as exc:
             self.commit_failures += 1

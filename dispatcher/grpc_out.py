@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 from shardcast.v1 import ingest_pb2, ingest_pb2_grpc
@@ -20,13 +21,27 @@ from dispatcher.shard_queue import ShardQueue
 
 log = logging.getLogger(__name__)
 SHARD_ID_METADATA = "x-shardcast-shard-id"
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-]
 MAX_BATCH_BYTES = 4 << 20  # payload bytes per DeliveryBatch (shards accept messages up to 64 MiB)
+
+
+@dataclass(frozen=True)
+class StreamPolicy:
+    """How a sender talks to shards; both ends' keepalive settings must agree (see shard config)."""
+
+    max_batch_records: int
+    backoff_cap_s: float
+    keepalive_s: float  # HTTP/2 ping period: shards must permit it (--grpc-min-ping-interval-s)
+    keepalive_timeout_s: float
+    ping_s: float  # an idle stream carries an empty batch this often; its ack is proof of life
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
 
 
 class ShardSender:
@@ -34,17 +49,18 @@ class ShardSender:
 
     Reconnects with capped, jittered backoff; while disconnected the queue keeps
     absorbing (and, past its bound, dropping) records, so nothing upstream waits.
+    Unacked batches of a stream that dies are resent on the next one.
     """
 
-    def __init__(self, info: ShardInfo, queue: ShardQueue, max_batch_records: int,
-                 backoff_cap_s: float) -> None:
+    def __init__(self, info: ShardInfo, queue: ShardQueue, policy: StreamPolicy) -> None:
         self.info = info
         self.queue = queue
-        self.max_batch_records = max_batch_records
-        self.backoff = Backoff(base_s=0.05, cap_s=backoff_cap_s)
+        self.policy = policy
+        self.max_batch_records = policy.max_batch_records
+        self.backoff = Backoff(base_s=0.05, cap_s=policy.backoff_cap_s)
         self.state = "connecting"
         self.connects = 0
-        self.lost_in_flight = 0
+        self.stream_failures = 0
         self._stop = threading.Event()
         self._call: grpc.Future | None = None
         self._thread = threading.Thread(
@@ -73,15 +89,20 @@ class ShardSender:
                 if self._stop.is_set():
                     break
                 code = exc.code() if hasattr(exc, "code") else None
+                self.stream_failures += 1
                 log.warning("stream to %s failed: %s", self.info.shard_id, code)
             finally:
-                self.lost_in_flight += self.queue.close_stream()
+                requeued = self.queue.close_stream()
+                if requeued:
+                    log.info("stream to %s closed, %d unacked records will be resent",
+                             self.info.shard_id, requeued)
             self.state = "backoff"
             self._stop.wait(self.backoff.next_delay_s())
 
     def _stream_once(self) -> None:
         self.state = "connecting"
-        with grpc.insecure_channel(self.info.grpc_addr, options=CHANNEL_OPTIONS) as channel:
+        with grpc.insecure_channel(self.info.grpc_addr,
+                                   options=self.policy.channel_options()) as channel:
             stub = ingest_pb2_grpc.ShardIngestStub(channel)
             alive = threading.Event()
             alive.set()
@@ -101,14 +122,26 @@ class ShardSender:
                 alive.clear()
                 self._call = None
 
+    def proven_alive(self, now_s: float, within_s: float) -> bool:
+        """The shard acked on an open stream within `within_s`: alive, whatever the registry says."""
+        return self.state == "ready" and now_s - self.queue.last_ack_s < within_s
+
     def _batches(self, alive: threading.Event) -> Iterator[ingest_pb2.DeliveryBatch]:
-        """Request stream: batches as the queue yields them, until the call ends."""
-        epoch = self.queue.epoch
-        while alive.is_set() and not self._stop.is_set() and epoch == self.queue.epoch:
-            got = self.queue.take(self.max_batch_records, timeout_s=0.25, epoch=epoch,
-                                  max_bytes=MAX_BATCH_BYTES)
+        """Request stream: batches as the queue yields them, and a ping when idle, until the call ends."""
+        queue = self.queue
+        epoch = queue.epoch
+        ping_s = self.policy.ping_s
+        last_sent = time.monotonic()
+        while alive.is_set() and not self._stop.is_set() and epoch == queue.epoch:
+            got = queue.take(self.max_batch_records, timeout_s=min(0.25, ping_s), epoch=epoch,
+                             max_bytes=MAX_BATCH_BYTES)
+            now = time.monotonic()
             if got is None:
-                continue
+                seq = queue.ping(epoch) if now - last_sent >= ping_s else None
+                if seq is None:
+                    continue
+                got = (seq, [])
+            last_sent = now
             seq, records = got
             yield ingest_pb2.DeliveryBatch(
                 seq=seq,
@@ -121,6 +154,8 @@ class ShardSender:
                         offset=r.offset,
                         produce_ts_ms=r.produce_ts_ms,
                         snapshot=r.snapshot,
+                        resync=r.resync,
+                        gap=r.gap,
                     )
                     for r in records
                 ],

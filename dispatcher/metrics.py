@@ -21,7 +21,8 @@ NAMES = tuple(P + n for n in (
     "records_consumed", "records_invalid", "records_routed", "records_unrouted", "deliveries",
     "fallback_batches", "snapshots_sent", "records_dropped_gone", "offset_commits",
     "offset_commit_failures", "shard_records_offered", "shard_records_sent",
-    "shard_records_dropped", "shard_queue_depth", "shard_stream_ready", "consumer_lag_records",
+    "shard_records_dropped", "shard_records_resent", "shard_resyncs_sent", "shard_gaps_sent",
+    "shard_stream_failures", "shard_queue_depth", "shard_stream_ready", "consumer_lag_records",
     "routing_table_tokens", "registry_sync_age_seconds", "registry_healthy", "live_shards", "mode",
     "route_batch_seconds", "consume_latency_seconds", "uptime_seconds",
 ))
@@ -68,6 +69,15 @@ def _per_shard(d: Dispatcher) -> Iterator[Metric]:
                    "shard", per("records_sent"))
     yield labelled(CounterMetricFamily, P + "shard_records_dropped",
                    "records dropped by each shard's full queue", "shard", per("records_dropped"))
+    yield labelled(CounterMetricFamily, P + "shard_records_resent",
+                   "unacked records resent on a new stream after a reset", "shard", per("records_resent"))
+    yield labelled(CounterMetricFamily, P + "shard_resyncs_sent",
+                   "latest values sent because records of their token were dropped", "shard",
+                   per("resyncs_sent"))
+    yield labelled(CounterMetricFamily, P + "shard_gaps_sent",
+                   "gap markers sent: records dropped with no value to resync", "shard", per("gaps_sent"))
+    yield labelled(CounterMetricFamily, P + "shard_stream_failures", "streams to each shard that broke",
+                   "shard", per("stream_failures"))
     yield labelled(GaugeMetricFamily, P + "shard_queue_depth", "records waiting for each shard",
                    "shard", per("queue_depth"))
     yield labelled(GaugeMetricFamily, P + "shard_stream_ready", "1 while the shard's stream is up",

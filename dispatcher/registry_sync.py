@@ -6,6 +6,10 @@ re-read every `refresh_s` and at once on a shard's up/down message. An
 operator's run-time dispatch mode is read on load and followed on change. On any Redis
 error the table is marked unhealthy (the router then broadcasts rather than
 drop data) and the whole sequence restarts after a jittered backoff.
+
+A table reloaded after reconnecting is not trusted for `grace_s`: Redis may
+have come back empty, and until every shard has re-registered (within one of
+its heartbeats) the table lacks their routes, so the router keeps broadcasting.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ class RegistrySync:
     def __init__(self, redis_url: str, namespace: str, refresh_s: float,
                  janitor_grace_s: float, backoff_cap_s: float,
                  on_route_add: Callable[[str, str], None] = lambda token, shard: None,
-                 on_mode: Callable[[str], None] = lambda mode: None) -> None:
+                 on_mode: Callable[[str], None] = lambda mode: None,
+                 grace_s: float = 0.0) -> None:
         self.client = redis.Redis.from_url(
             redis_url, socket_timeout=max(2.0, refresh_s * 4), socket_connect_timeout=2
         )
@@ -46,6 +51,8 @@ class RegistrySync:
         self.last_sync_s = 0.0
         self.changes_applied = 0
         self.resyncs = 0
+        self.grace_s = grace_s
+        self._trusted_from = 0.0  # time.monotonic() from which a reloaded table is trusted
         self._dead_since: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="registry-sync", daemon=True)
@@ -53,6 +60,12 @@ class RegistrySync:
     # RouteLookup ------------------------------------------------------------
     @property
     def healthy(self) -> bool:
+        """Routes can be trusted: in sync with Redis, and past the re-registration grace."""
+        return self.table.healthy and time.monotonic() >= self._trusted_from
+
+    @property
+    def connected(self) -> bool:
+        """In sync with Redis (perhaps still within the grace after a reconnect)."""
         return self.table.healthy
 
     def shards_for(self, token: str) -> frozenset[str]:
@@ -74,6 +87,9 @@ class RegistrySync:
                 if self.table.healthy:
                     log.warning("registry unreachable, broadcasting until it is back: %s", exc)
                 self.table.healthy = False
+            except Exception:  # a bug or a hostile registry value must not end the sync for good
+                log.exception("registry sync failed, resyncing")
+                self.table.healthy = False
             self._stop.wait(self.backoff.next_delay_s())
 
     def _session(self) -> None:
@@ -86,6 +102,8 @@ class RegistrySync:
             mode = self.registry.get_mode()
             if mode:
                 self.on_mode(mode)
+            if self.resyncs:  # a reconnect: Redis may have lost what shards registered
+                self._trusted_from = time.monotonic() + self.grace_s
             self.table.healthy = True
             self.resyncs += 1
             self.backoff.reset()

@@ -76,6 +76,10 @@ class RoutingTable:
     def shards_for(self, token: str) -> frozenset[str]:
         return self._routes.get(token, EMPTY)
 
+    def tokens_of(self, shard_id: str) -> list[str]:
+        """Every token routed to a shard (a full scan: for rare events such as a shard's return)."""
+        return [t for t, shards in self._routes.items() if shard_id in shards]
+
     def __len__(self) -> int:
         return len(self._routes)
 

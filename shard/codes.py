@@ -24,6 +24,7 @@ class Close(IntEnum):
     TRY_AGAIN_LATER = 1013
     IDLE_TIMEOUT = 4001  # nothing received (not even a pong) for --idle-timeout-s
     SLOW_CONSUMER = 4008  # outbound queue overflowed: client could not keep up
+    DATA_LOST = 4010  # ticks meant for this client were lost upstream with no value to resync with
     RATE_LIMITED = 4029  # kept sending after repeated rate-limit errors
 
 

@@ -27,11 +27,14 @@ class ShardConfig:
     requests_per_s: float
     request_burst: int
     outbox_frames: int
+    outbox_bytes: int
+    client_sndbuf_bytes: int
     max_behind_s: float
     ping_interval_s: float
     idle_timeout_s: float
     write_timeout_s: float
     ingest_window_batches: int
+    grpc_min_ping_interval_s: float
     ack_timeout_s: float
     gc_freeze_check_s: float
     listen_backlog: int
@@ -68,14 +71,31 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     f("requests-per-s", "SHARDCAST_REQUESTS_PER_S", 20.0, "sustained client request rate", positive(float))
     f("request-burst", "SHARDCAST_REQUEST_BURST", 40, "client request burst", positive(int))
     f("outbox-frames", "SHARDCAST_OUTBOX_FRAMES", 2048, "per-client queue before conflation", positive(int))
+    f("outbox-bytes", "SHARDCAST_OUTBOX_BYTES", 16 << 20,
+      "per-client queued bytes before conflation (4 of the dispatcher's largest batches, so one "
+      "burst of big payloads does not conflate a client that reads); a client's memory is at most "
+      "this + 64 KiB of replies + one tick per subscribed token, plus its socket's send buffer "
+      "in the kernel", positive(int))
+    f("client-sndbuf-bytes", "SHARDCAST_CLIENT_SNDBUF_BYTES", 0,
+      "SO_SNDBUF of each client socket (the kernel doubles it), e.g. 65536 to bound kernel memory "
+      "per client and always have room for a 4008 close frame; 0 leaves it to the kernel's "
+      "autotuning, up to net.ipv4.tcp_wmem's maximum (4 MiB); what sits there unread counts as "
+      "behind either way", int)
     f("max-behind-s", "SHARDCAST_MAX_BEHIND_S", 5.0,
-      "how long a client may stay conflated before 4008", positive(float))
+      "how long a client may stall (data unacknowledged, queued or unread in its socket, and none "
+      "acknowledged) or stay conflated before 4008; stalled half as long, its ticks are conflated",
+      positive(float))
     f("ping-interval-s", "SHARDCAST_PING_INTERVAL_S", 20.0, "ping clients quiet this long",
       positive(float))
     f("idle-timeout-s", "SHARDCAST_IDLE_TIMEOUT_S", 60.0, "close clients silent this long (4001)",
       positive(float))
     f("write-timeout-s", "SHARDCAST_WRITE_TIMEOUT_S", 10.0, "stuck write before disconnect", positive(float))
     f("ingest-window", "SHARDCAST_INGEST_WINDOW", 32, "unacked batches a dispatcher may send", positive(int))
+    f("grpc-min-ping-interval-s", "SHARDCAST_GRPC_MIN_PING_INTERVAL_S", 5.0,
+      "shortest keepalive ping interval the ingest port permits; keep it at most half the "
+      "dispatchers' --grpc-keepalive-s (pings come a little early at times), or their streams "
+      "are reset (GOAWAY too_many_pings)",
+      positive(float))
     f("ack-timeout-s", "SHARDCAST_ACK_TIMEOUT_S", 2.0,
       "max wait for registry before a subscribe ack", positive(float))
     f("gc-freeze-check-s", "SHARDCAST_GC_FREEZE_CHECK_S", 5.0,
@@ -85,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
       "wave of reconnects)", positive(int))
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     a = p.parse_args(argv)
+    if a.client_sndbuf_bytes < 0:
+        p.error("--client-sndbuf-bytes must be >= 0")
     if a.gc_freeze_check_s < 0:
         p.error("--gc-freeze-check-s must be >= 0")
     if a.heartbeat_ttl_s < 2 * a.heartbeat_s:
@@ -108,11 +130,14 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
         requests_per_s=a.requests_per_s,
         request_burst=a.request_burst,
         outbox_frames=a.outbox_frames,
+        outbox_bytes=a.outbox_bytes,
+        client_sndbuf_bytes=a.client_sndbuf_bytes,
         max_behind_s=a.max_behind_s,
         ping_interval_s=a.ping_interval_s,
         idle_timeout_s=a.idle_timeout_s,
         write_timeout_s=a.write_timeout_s,
         ingest_window_batches=a.ingest_window,
+        grpc_min_ping_interval_s=a.grpc_min_ping_interval_s,
         ack_timeout_s=a.ack_timeout_s,
         gc_freeze_check_s=a.gc_freeze_check_s,
         listen_backlog=a.listen_backlog,

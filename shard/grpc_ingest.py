@@ -41,11 +41,15 @@ class IngestServicer(ingest_pb2_grpc.ShardIngestServicer):
         try:
             yield ingest_pb2.IngestAck(acked_seq=0, window=self.window, shard_id=self.shard_id)
             for batch in request_iterator:
-                self.counters["batches_received"] += 1
-                self.core.handle(
-                    Record(r.token, r.payload, r.partition, r.offset, r.produce_ts_ms, r.snapshot)
-                    for r in batch.records
-                )
+                if not batch.records:  # the dispatcher's stream ping: ack only
+                    self.counters["stream_pings"] += 1
+                else:
+                    self.counters["batches_received"] += 1
+                    self.core.handle(
+                        Record(r.token, r.payload, r.partition, r.offset, r.produce_ts_ms,
+                               r.snapshot, r.resync, r.gap)
+                        for r in batch.records
+                    )
                 yield ingest_pb2.IngestAck(acked_seq=batch.seq, shard_id=self.shard_id)
         finally:
             self.counters["ingest_streams"] -= 1

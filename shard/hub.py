@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from common.records import Record
 from shard.outbox import Outbox
 from shard.protocol import snapshot_frame
+
+
+class Advance(Enum):
+    """What a record's position means to a shard that may have delivered some of its token."""
+
+    STALE = "stale"  # at or behind the delivered position: drop it
+    FIRST = "first"  # nothing of the token delivered yet
+    NEWER = "newer"  # after the delivered position
 
 
 @dataclass
@@ -24,6 +33,9 @@ class HubCounters:
     clients_overflowed: int = 0
     snapshots_received: int = 0
     snapshots_stale: int = 0  # older than a value the shard already had
+    duplicates_dropped: int = 0  # ticks at or behind a position already delivered (redelivery)
+    resyncs_delivered: int = 0  # latest values that replaced missed ticks, sent as resync
+    gaps_closed: int = 0  # subscribers closed because ticks were lost with no value to resync
 
 
 @dataclass
@@ -111,15 +123,24 @@ class Hub:
     def snapshot(self, token: str) -> bytes | None:
         """The snapshot frame of a token's last value, if the shard has one."""
         rec = self.last.get(token)
-        return None if rec is None else snapshot_frame(token, rec.payload)
+        return None if rec is None else snapshot_frame(rec)
 
-    def accept_snapshot(self, rec: Record) -> bool:
-        """Take a dispatcher-sent last value unless the shard already has one as new."""
+    def advance(self, rec: Record) -> Advance:
+        """Make `rec` the token's delivered position unless the shard already has it.
+
+        STALE for a duplicate or older record (at or behind the last delivered
+        position: a resent batch, or a failed-over dispatcher replaying from
+        its last commit); FIRST or NEWER when it becomes the token's position.
+        """
         cur = self.last.get(rec.token)
-        if cur is not None and (cur.partition != rec.partition or cur.offset >= rec.offset):
-            return False
+        if not rec.is_after(cur):
+            return Advance.STALE
         self.last[rec.token] = rec
-        return True
+        return Advance.FIRST if cur is None else Advance.NEWER
+
+    def subscribers(self, token: str) -> list[Outbox]:
+        """The token's current local subscribers (a copy)."""
+        return list(self.subs.get(token, ()))
 
     @property
     def subscription_count(self) -> int:

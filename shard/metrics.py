@@ -18,6 +18,7 @@ NAMES = tuple(P + n for n in (
     "connections", "connections_opened", "subscriptions", "tokens", "records_received",
     "records_no_subscriber", "batches_received", "frames_queued", "frames_written",
     "frames_conflated", "clients_overflowed", "clients_behind", "outbox_frames", "snapshots_received",
+    "duplicates_dropped", "resyncs_delivered", "gaps_closed",
     "errors_sent", "upgrades_refused", "clients_idle_closed", "ingest_streams", "draining",
     "delivery_latency_seconds", "loop_lag_seconds", "loop_stall_seconds", "gc_pause_seconds",
     "gc_full_collections", "gc_frozen_objects",
@@ -46,6 +47,12 @@ def collect(s: ShardServer) -> Iterator[Metric]:
                 sum(len(conn.box.frames) + len(conn.box.conflated) for conn in s.conns.values()))
     yield counter(P + "snapshots_received", "last values received on joining a route",
                   st["snapshots_received"])
+    yield counter(P + "duplicates_dropped", "records at or behind a position already delivered "
+                  "(redelivered upstream), never sent", st["duplicates_dropped"])
+    yield counter(P + "resyncs_delivered", "latest values sent as resync after ticks were missed",
+                  st["resyncs_delivered"])
+    yield counter(P + "gaps_closed", "clients closed (4010): ticks lost with no value to resync",
+                  st["gaps_closed"])
     yield counter(P + "errors_sent", "error frames sent to clients", c["errors_sent"])
     yield counter(P + "upgrades_refused", "upgrades refused with 503", c["upgrades_refused"])
     yield counter(P + "clients_idle_closed", "clients closed for silence (4001)", c["clients_idle_closed"])

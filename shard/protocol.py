@@ -3,7 +3,8 @@
 Requests (JSON text frames), each with an optional ``id`` echoed in the reply:
 ``{"op":"subscribe","tokens":[...]}``, ``{"op":"unsubscribe","tokens":[...]}``,
 ``{"op":"ping"}``. Replies: ``subscribed`` / ``unsubscribed`` / ``pong`` acks,
-``tick`` frames, and ``error`` frames with a stable code from `shard.codes`.
+``tick`` and ``snapshot`` frames (each with its Kafka position), and
+``error`` frames with a stable code from `shard.codes`.
 
 Tick frames are encoded once per record and the same bytes are written to
 every subscriber: `tick_frame` returns a complete WebSocket frame.
@@ -16,7 +17,7 @@ import json
 import struct
 from dataclasses import dataclass
 
-from common.records import TOKEN_RE
+from common.records import TOKEN_RE, Record
 from shard.codes import ErrorCode
 
 MAX_ID_CHARS = 64
@@ -123,14 +124,22 @@ def error_frame(err: ProtocolError) -> bytes:
     return _reply({"type": "error", "code": str(err.code), "message": err.message}, err.req_id)
 
 
-def data_frame(kind: str, token: str, payload: bytes) -> bytes:
-    """Build the one WebSocket frame every subscriber of `token` gets for this value.
+def data_frame(kind: bytes, rec: Record, resync: bool = False) -> bytes:
+    """Build the one WebSocket frame every subscriber of `rec.token` gets for this value.
 
     `kind` is ``tick`` (a live update) or ``snapshot`` (the last known value,
-    sent on subscribe). A payload that is JSON is embedded verbatim as ``data``
-    (its bytes unchanged); anything else is carried base64-encoded as ``data_b64``.
+    sent on subscribe; ``"resync":true`` when it replaces values the client
+    missed). Every data frame carries its record's position (Kafka
+    ``partition`` and ``offset``: per token, offsets only grow, so a client can
+    drop a duplicate or spot a gap) and ``ts``, the producer's timestamp in ms,
+    so a client can tell how old a price is. A payload that is JSON is embedded
+    verbatim as ``data`` (its bytes unchanged, and last, so the frame is a plain
+    concatenation); anything else is carried base64-encoded as ``data_b64``.
     """
-    head = b'{"type":"' + kind.encode() + b'","token":' + json.dumps(token).encode()
+    head = b'{"type":"%s","token":%s,"partition":%d,"offset":%d,"ts":%d%s' % (
+        kind, json.dumps(rec.token).encode(), rec.partition, rec.offset, rec.produce_ts_ms,
+        b',"resync":true' if resync else b"")
+    payload = rec.payload
     if _is_json(payload):
         body = head + b',"data":' + payload + b"}"
     else:
@@ -138,12 +147,12 @@ def data_frame(kind: str, token: str, payload: bytes) -> bytes:
     return ws_frame(body)
 
 
-def tick_frame(token: str, payload: bytes) -> bytes:
-    return data_frame("tick", token, payload)
+def tick_frame(rec: Record) -> bytes:
+    return data_frame(b"tick", rec)
 
 
-def snapshot_frame(token: str, payload: bytes) -> bytes:
-    return data_frame("snapshot", token, payload)
+def snapshot_frame(rec: Record, resync: bool = False) -> bytes:
+    return data_frame(b"snapshot", rec, resync)
 
 
 def _reject_constant(name: str) -> None:

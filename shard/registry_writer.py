@@ -101,7 +101,7 @@ class RegistryWriter:
 
     # -- loops -----------------------------------------------------------
     def _flush_loop(self) -> None:
-        backoff = Backoff(base_s=0.05, cap_s=2.0)
+        backoff = Backoff(base_s=0.05, cap_s=self.heartbeat_s)  # re-registered within a heartbeat
         while not self._stopping:
             self._wake.wait()
             self._wake.clear()
@@ -135,12 +135,20 @@ class RegistryWriter:
         self.registered.difference_update(remove)
 
     def _resync(self) -> None:
-        """Replace whatever Redis holds for this shard id with the local truth."""
+        """Replace whatever Redis holds for this shard id with the local truth.
+
+        One transaction that re-adds every local token and removes only what
+        Redis holds beyond them (a previous life's tokens), never a reset then
+        a re-add: a dispatcher applying the change feed never sees this shard
+        without its routes, so no tick is routed past it meanwhile. Announcing
+        every token as added also makes each dispatcher send its latest value,
+        which the shard delivers as a resync where its clients missed ticks.
+        """
         shard_id = self.info().shard_id
         self._pending.clear()
         tokens = list(self.current_tokens())
-        self.registry.cleanup(shard_id)
-        self.registry.apply_routes(shard_id, tokens, [])
+        stale = self.registry.registered_tokens(shard_id).difference(tokens)
+        self.registry.apply_routes(shard_id, tokens, stale)
         self.registered = set(tokens)
         self._need_resync = False
         self.synced = True
@@ -160,6 +168,7 @@ class RegistryWriter:
             except redis.RedisError as exc:
                 self.synced = False
                 self._need_resync = True
+                self._wake.set()  # the flush loop retries the resync until Redis answers
                 log.warning("heartbeat failed: %s", exc)
 
 

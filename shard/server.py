@@ -55,7 +55,7 @@ class ShardServer:
         self.conns: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self.hub = Hub(pause=gevent.idle)
-        self.core = IngestCore(self.hub, self._on_overflow, pause=gevent.idle)
+        self.core = IngestCore(self.hub, self._on_overflow, pause=gevent.idle, on_gap=self._on_gap)
         client = redis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=2)
         self.registry = Registry(client, cfg.namespace)
         info = make_info(cfg.shard_id, cfg.grpc_addr, cfg.ws_url, self.started_ms, self._load,
@@ -77,7 +77,15 @@ class ShardServer:
         # One worker per live ingest stream (one per dispatcher) for its whole life, plus headroom.
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64),
-            options=[("grpc.max_receive_message_length", 64 << 20)],
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                # Permit the dispatchers' keepalive pings (gRPC's default allows one per
+                # 5 min and answers faster ones with GOAWAY too_many_pings, which reset
+                # every stream every few minutes).
+                ("grpc.http2.min_ping_interval_without_data_ms",
+                 int(cfg.grpc_min_ping_interval_s * 1000)),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
         )
 
     # -- lifecycle -------------------------------------------------------
@@ -200,6 +208,7 @@ class ShardServer:
     def _keep_alive(self, conn: Connection, now: float) -> None:
         if conn.close_code is not None:
             return  # already closing (the pass works from a snapshot of the clients)
+        conn.check_behind()  # its data may sit unread in the socket with no new tick to notice
         cfg = self.cfg
         action = keepalive_action(now, conn.last_rx, conn.last_ping, cfg.ping_interval_s, cfg.idle_timeout_s)
         if action is Action.PING:
@@ -212,6 +221,14 @@ class ShardServer:
         """A subscriber fell behind: its writer closes it with SLOW_CONSUMER; drop its subs now."""
         for box in boxes:
             self.hub.remove(box)
+
+    def _on_gap(self, boxes: list[Outbox]) -> None:
+        """Ticks these subscribers needed were lost with no value to resync: tell them (4010)."""
+        for box in boxes:
+            self.hub.remove(box)
+            conn = self.conns.get(box.conn_id)
+            if conn is not None:
+                conn.close(Close.DATA_LOST, "ticks lost upstream: resubscribe")
 
     def _load(self) -> tuple[int, int, str]:
         return len(self.conns), len(self.hub.subs), self._state()
@@ -238,7 +255,11 @@ class ShardServer:
             "clients_behind": sum(1 for c in self.conns.values() if c.box.conflated),
             "snapshots_received": hc.snapshots_received,
             "snapshots_stale": hc.snapshots_stale,
+            "duplicates_dropped": hc.duplicates_dropped,
+            "resyncs_delivered": hc.resyncs_delivered,
+            "gaps_closed": hc.gaps_closed,
             "batches_received": self.counters["batches_received"],
+            "stream_pings": self.counters["stream_pings"],
             "ingest_streams": self.counters["ingest_streams"],
             "frames_written": self.counters["frames_written"],
             "errors_sent": self.counters["errors_sent"],

@@ -1,15 +1,23 @@
 """One WebSocket client connection: a reader loop and a writer greenlet (gevent adapter).
 
-Every byte to the socket goes through the writer greenlet, which drains the
-client's `Outbox`; the reader only parses requests and queues replies. So a
-stuck socket blocks only its own writer, and frames never interleave.
+Every byte to the socket goes through the client's `Outbox`: written through
+when the socket takes it at once, else by the writer greenlet; the reader only
+parses requests and queues replies. So a stuck socket blocks only its own
+writer, and frames never interleave.
+
+A slow client is judged by time (see shard.outbox), and what sits unacknowledged
+in its socket's send buffer counts (SIOCOUTQ), so the kernel cannot hide a
+client that stopped reading; `--client-sndbuf-bytes` can also bound that buffer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import time
 from typing import TYPE_CHECKING
 
@@ -19,7 +27,7 @@ from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 
 from shard.codes import Close, ErrorCode
-from shard.outbox import Outbox
+from shard.outbox import Outbox, frame_end
 from shard.protocol import (
     Ping,
     ProtocolError,
@@ -40,6 +48,24 @@ OP_PING = 0x9
 OP_PONG = 0xA
 MAX_RATE_STRIKES = 20
 PING_FRAME = ws_frame(b"", OP_PING)
+SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)  # Linux: bytes sent but not acknowledged by the peer
+_INT = struct.Struct("i")
+_INT_ZERO = _INT.pack(0)
+CLOSE_TIMEOUT_S = 1.0  # longest wait to put a close frame (and a frame's rest) on the socket
+ROOM_SLACK_BYTES = 4096  # kernel bookkeeping per buffer, beyond the payload, when making room
+ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets and frees the send buffer
+
+
+def _wmem_max() -> int:
+    """The largest SO_SNDBUF an unprivileged process may set (Linux's default where unknown)."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 212992
+
+
+WMEM_MAX = _wmem_max()
 
 
 class PeerClosedError(Exception):
@@ -100,7 +126,7 @@ class LimitedWebSocket(WebSocket):
         return header, payload
 
     def handle_ping(self, header, payload):  # type: ignore[override]
-        self.handler.sc_conn.box.push(ws_frame(payload, OP_PONG))
+        self.handler.sc_conn.push(ws_frame(payload, OP_PONG))
 
     def handle_close(self, header, payload):  # type: ignore[override]
         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else Close.NORMAL
@@ -127,7 +153,7 @@ class Connection:
         "raw",
         "server",
         "sock",
-        "write_timeout",
+        "wait_slice",
         "writer",
         "ws",
     )
@@ -140,18 +166,22 @@ class Connection:
         # We coalesce frames ourselves (Outbox.drain); Nagle would instead hold a
         # tick until the client's delayed ACK of the previous frame, up to 40 ms.
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if cfg.client_sndbuf_bytes:
+            # Autotuned, the kernel may buffer up to 4 MiB for a client that stopped reading:
+            # memory, stale ticks it would replay, and no room left for a close frame.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.client_sndbuf_bytes)
         self.raw = self.sock._sock  # the non-blocking OS socket under gevent's wrapper
         self.max_frame_bytes = cfg.max_frame_bytes
         self.writer: gevent.Greenlet | None = None
         self.box = Outbox(cfg.outbox_frames, self._wake, conn_id, cfg.max_behind_s,
-                          direct=self._write_now)
+                          direct=self._write_now, max_bytes=cfg.outbox_bytes, unacked=self._unacked)
         self.bucket = TokenBucket(cfg.requests_per_s, cfg.request_burst)
         self.rate_strikes = 0
         self.last_rx = self.last_ping = time.monotonic()
         self.close_code: int | None = None
         self.close_reason = ""
         self.peer_gone = False
-        self.write_timeout: gevent.Timeout | None = None  # made on the first blocking write
+        self.wait_slice: gevent.Timeout | None = None  # made on the first wait for a full socket
 
     # -- lifecycle -------------------------------------------------------
     def run(self) -> None:
@@ -175,7 +205,30 @@ class Connection:
     def ping(self, now: float) -> None:
         """Queue a WebSocket ping; the client's pong (any frame) proves it is alive."""
         self.last_ping = now
-        self.box.push(PING_FRAME)
+        self.push(PING_FRAME)
+
+    def push(self, frame: bytes, token: str | None = None) -> None:
+        """Queue a reply, ping or snapshot (ticks come through the hub, which counts its overflows)."""
+        box = self.box
+        was_open = not (box.overflowed or box.closed)
+        if not box.push(frame, token) and was_open and box.overflowed:
+            self._overflowed()
+
+    def check_behind(self) -> None:
+        """Measure how far behind the client is when no frame comes to do it (see Outbox.check).
+
+        Its data may sit unread in the socket while its tokens are quiet, or the
+        writer may wait on a full socket: either way no push measures it.
+        """
+        box = self.box
+        if not (box.overflowed or box.closed) and not box.check():
+            self._overflowed()
+
+    def _overflowed(self) -> None:
+        """Count an overflow found outside the hub's fan-out, and drop the client's subscriptions."""
+        hub = self.server.hub
+        hub.counters.clients_overflowed += 1
+        hub.remove(self.box)
 
     def close(self, code: int, reason: str) -> None:
         """Ask the writer to flush (unless overflowed), send a close frame and hang up."""
@@ -223,12 +276,12 @@ class Connection:
         if isinstance(req, ProtocolError):
             self._error(req)
         elif isinstance(req, Ping):
-            self.box.push(ack_frame("pong", None, req.req_id))
+            self.push(ack_frame("pong", None, req.req_id))
         elif isinstance(req, Subscribe):
             self._subscribe(req)
         else:
             self.server.hub.unsubscribe(self.box, req.tokens)
-            self.box.push(ack_frame("unsubscribed", req.tokens, req.req_id))
+            self.push(ack_frame("unsubscribed", req.tokens, req.req_id))
 
     def _subscribe(self, req: Subscribe) -> None:
         limit = self.server.cfg.max_subscriptions_per_client
@@ -242,15 +295,15 @@ class Connection:
         for token in new:  # tokens the shard already carries: their last value at once
             frame = hub.snapshot(token)
             if frame is not None:
-                self.box.push(frame, token)
+                self.push(frame, token)
         if new:
             # Ack once the registry knows, so ticks flow from the moment the client sees it.
             self.server.writer.wait_synced(self.server.cfg.ack_timeout_s)
-        self.box.push(ack_frame("subscribed", req.tokens, req.req_id))
+        self.push(ack_frame("subscribed", req.tokens, req.req_id))
 
     def _error(self, err: ProtocolError) -> None:
         self.server.counters["errors_sent"] += 1
-        self.box.push(error_frame(err))
+        self.push(error_frame(err))
 
     # -- writing ---------------------------------------------------------
     def _write_now(self, frame: bytes, ts_ms: int) -> int:
@@ -268,59 +321,146 @@ class Connection:
                 server.latency.observe(time.time() - ts_ms / 1000)
         return sent
 
+    def _unacked(self) -> int:
+        """Bytes on the socket the client's TCP has not acknowledged (0 where unknown)."""
+        if SIOCOUTQ is None:
+            return 0
+        try:
+            return _INT.unpack(fcntl.ioctl(self.raw.fileno(), SIOCOUTQ, _INT_ZERO))[0]
+        except OSError:  # closed meanwhile
+            return 0
+
     def _wake(self) -> None:
         """Something is queued or the connection is closing: make sure a writer runs."""
         if self.writer is None:
             self.writer = gevent.spawn(self._write_loop)
 
     def _write_loop(self) -> None:
-        """Flush the outbox, then exit (or send the close frame and hang up)."""
+        """Flush the outbox, then exit; when closing, send the close frame and hang up.
+
+        On overflow the frame being written is finished (a close frame in the
+        middle of one would be garbage to the client), the rest dropped, and the
+        close frame sent within CLOSE_TIMEOUT_S; a client that takes none of it
+        is reset.
+        """
         box, counters = self.box, self.server.counters
         latency = self.server.latency
         hang_up = True
+        graceful = False
         try:
             box.busy = True
-            while True:
-                if box.overflowed:  # checked before every write: it can happen while we send
-                    box.frames.clear()
-                    box.conflated.clear()
-                    if self.close_code is None:
-                        self.close_code = Close.SLOW_CONSUMER
-                        self.close_reason = "client too slow: outbox overflowed"
-                if not box.pending:
+            rest = b""
+            while box.pending and not box.overflowed:
+                frames, continues = box.take()
+                data = frames[0] if len(frames) == 1 else b"".join(frames)
+                sent = self._send(data)
+                if sent < len(data):  # overflowed meanwhile
+                    rest = data[sent:frame_end(frames, sent, continues)]
                     break
-                data, n = box.drain()
-                self._send(data)
-                counters["frames_written"] += n
+                counters["frames_written"] += len(frames)
                 if box.oldest_ts_ms:
                     # Upper bound: every frame of this write counted at the oldest one's age.
-                    latency.observe(time.time() - box.oldest_ts_ms / 1000, n)
+                    latency.observe(time.time() - box.oldest_ts_ms / 1000, len(frames))
                     if not box.pending:  # else the rest is newer: the old age stays an upper bound
                         box.oldest_ts_ms = 0
-            box.busy = False
-            if self.close_code is not None:
-                self._send(close_frame(self.close_code, self.close_reason))
-            else:
+            if box.overflowed:
+                rest += box.discard()
+                if self.close_code is None:
+                    self.close_code = Close.SLOW_CONSUMER
+                    self.close_reason = "client too slow: outbox overflowed"
+            if self.close_code is None:
+                box.busy = False
                 hang_up = False  # idle again: the next push writes through or wakes a new writer
-        except (OSError, gevent.Timeout):
+            else:
+                end = rest + close_frame(self.close_code, self.close_reason)
+                self._make_room(len(end))
+                graceful = self._send(end, closing=True) == len(end)
+        except OSError:  # broken, or nothing taken for write_timeout_s
             pass
         finally:
             self.writer = None
             if hang_up:
-                self._hang_up()
+                self._hang_up(graceful)
 
-    def _send(self, data: bytes) -> None:
-        if self.write_timeout is None:
-            self.write_timeout = gevent.Timeout(self.server.cfg.write_timeout_s)
-        self.write_timeout.start()
+    def _send(self, data: bytes, closing: bool = False) -> int:
+        """Write `data`, waiting while the socket is full; return the bytes written.
+
+        Stops early once the outbox has overflowed (the caller closes), unless
+        `closing`. While the socket stays full, how far behind the client is
+        gets measured every wait slice: no new tick may come to do it. OSError
+        when the socket breaks or takes nothing for write_timeout_s; when
+        `closing`, gives up after CLOSE_TIMEOUT_S instead.
+        """
+        box = self.box
+        view = memoryview(data)
+        limit_s = CLOSE_TIMEOUT_S if closing else self.server.cfg.write_timeout_s
+        sent = 0
+        stuck_since = 0.0
+        while sent < len(data) and (closing or not box.overflowed):
+            try:
+                n = self.raw.send(view[sent:])
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            if n:
+                sent += n
+                box.wrote(n)
+                stuck_since = 0.0
+                continue
+            now = time.monotonic()
+            if not stuck_since:
+                stuck_since = now
+            elif now - stuck_since >= limit_s:
+                if closing:
+                    break
+                raise TimeoutError(f"client took nothing for {limit_s} s")
+            if not self._wait_writable() and not closing:
+                self.check_behind()
+        return sent
+
+    def _wait_writable(self) -> bool:
+        """Wait until the socket takes data (True) or one wait slice has passed (False)."""
+        timer = self.wait_slice
+        if timer is None:
+            slice_s = min(0.5, max(0.05, self.server.cfg.max_behind_s / 4))
+            timer = self.wait_slice = gevent.Timeout(slice_s)
+        timer.start()
         try:
-            self.sock.sendall(data)
+            self.sock._wait(self.sock._write_event)
+        except gevent.Timeout as t:
+            if t is not timer:
+                raise
+            return False
         finally:
-            self.write_timeout.cancel()
+            timer.cancel()
+        return True
 
-    def _hang_up(self) -> None:
+    def _make_room(self, nbytes: int) -> None:
+        """Grow the socket's send buffer so `nbytes` more fit now.
+
+        A client is usually closed as too slow while it is not reading, so a
+        close frame would wait for it and be dropped at CLOSE_TIMEOUT_S: the
+        client would see a bare disconnect instead of 4008. Queued in the
+        kernel, it reaches a client that reads later: the kernel keeps
+        delivering after close. Costs at most a frame beyond the buffer. Not
+        possible past net.core.wmem_max, which an autotuned buffer may exceed:
+        setting it would shrink the buffer instead.
+        """
+        with contextlib.suppress(OSError):
+            cur = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)  # twice what was set
+            want = cur // 2 + nbytes + ROOM_SLACK_BYTES
+            if want <= WMEM_MAX:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, want)
+
+    def _hang_up(self, graceful: bool) -> None:
+        """Shut the socket; unless the close frame went out, make close() reset it.
+
+        A reset frees at once what a client that reads nothing would otherwise
+        pin in the kernel for minutes.
+        """
         self.box.closed = True
         with contextlib.suppress(OSError):
+            if not graceful:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
             self.sock.shutdown(socket.SHUT_RDWR)
 
 

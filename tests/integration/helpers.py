@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import redis
@@ -52,21 +53,44 @@ class WsClient:
 
     def ticks(self, n: int, timeout_s: float = 30) -> list[str]:
         """Return the raw text of the next `n` tick frames."""
-        out = []
+        return self.data_frames(n, timeout_s, kinds=("tick",))
+
+    def data_frames(self, n: int, timeout_s: float = 30,
+                    kinds: tuple[str, ...] = ("tick", "snapshot")) -> list[str]:
+        """Return the raw text of the next `n` frames of the given types (pings are answered)."""
+        out: list[str] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < n:
             self.ws.settimeout(max(0.1, deadline - time.monotonic()))
             op, frame = self.ws.recv_data_frame(True)
             if op == websocket.ABNF.OPCODE_CLOSE:
                 code = int.from_bytes(frame.data[:2], "big")
-                raise AssertionError(f"closed with {code} {frame.data[2:]!r} after {len(out)} ticks")
+                raise AssertionError(f"closed with {code} {frame.data[2:]!r} after {len(out)} frames")
+            if op != websocket.ABNF.OPCODE_TEXT:
+                continue  # a ping (websocket-client answers it) or a pong
             text = frame.data.decode()
-            if json.loads(text).get("type") == "tick":
+            if json.loads(text).get("type") in kinds:
                 out.append(text)
         return out
 
     def close(self) -> None:
         self.ws.close()
+
+
+TICK_HEAD = re.compile(r'\{"type":"tick","token":"([^"]*)","partition":(\d+),"offset":(\d+),"ts":(\d+),')
+
+
+def tick_payload(frame: str, token: str) -> tuple[tuple[int, int], bytes]:
+    """((partition, offset), the embedded payload bytes) of a tick frame of `token`.
+
+    Checks the frame's exact layout: the position fields, then the payload
+    embedded verbatim as the last member.
+    """
+    m = TICK_HEAD.match(frame)
+    assert m is not None and m[1] == token, frame[:200]
+    body = frame[m.end():].encode()
+    assert body.startswith(b'"data":') and body.endswith(b"}"), frame[:200]
+    return (int(m[2]), int(m[3])), body[len(b'"data":'):-1]
 
 
 def producer(bootstrap: str) -> KafkaProducer:

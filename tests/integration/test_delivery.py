@@ -11,7 +11,7 @@ import signal
 import pytest
 
 from devstack.procs import stop
-from tests.integration.helpers import WsClient, produce, producer, registry, wait_for
+from tests.integration.helpers import WsClient, produce, producer, registry, tick_payload, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +30,12 @@ def test_client_on_shard_b_gets_its_ticks_with_payload_bytes_unchanged(stack):
     produce(producer(stack.kafka.bootstrap), stack.c.topic,
             [("TOK-1", p) for p in payloads + binary])
     frames = client.ticks(len(payloads) + len(binary))
+    positions = []
     for frame, payload in zip(frames, payloads, strict=False):  # JSON: embedded verbatim
-        assert frame.encode() == b'{"type":"tick","token":"TOK-1","data":' + payload + b"}"
+        pos, data = tick_payload(frame, "TOK-1")
+        assert data == payload
+        positions.append(pos)
+    assert positions == sorted(set(positions))  # one partition, offsets strictly increasing
     for frame, payload in zip(frames[len(payloads):], binary, strict=True):  # else base64
         assert base64.b64decode(json.loads(frame)["data_b64"]) == payload
 
@@ -52,7 +56,7 @@ def test_large_payloads_arrive_intact_even_when_they_pile_up(stack):
         os.kill(a.proc.pid, signal.SIGCONT)
     frames = client.ticks(len(payloads), timeout_s=60)
     for frame, payload in zip(frames, payloads, strict=True):
-        assert frame.encode() == b'{"type":"tick","token":"BIG","data":' + payload + b"}"
+        assert tick_payload(frame, "BIG")[1] == payload
     assert d.stats()["shards"]["A"]["connects"] == 1  # no stream broke on an oversized message
 
 

@@ -37,7 +37,7 @@ def _core(cluster_ok: bool = True):
     live = {sid: ShardInfo(sid, f"{sid}:9", f"ws://{sid}/ws", 1, 10**13, 4, 2) for sid in ("A", "B")}
     sync = SimpleNamespace(table=table, live=live, dead=["GONE"], healthy=True, last_sync_s=0.0,
                            shards_for=table.shards_for)
-    streams = SimpleNamespace(stats=lambda: {}, dropped_gone=0)
+    streams = SimpleNamespace(stats=lambda: {}, dropped_gone=0, routable=frozenset(live))
     d = SimpleNamespace(sync=sync, router=Router(sync, Mode.TARGETED), streams=streams,
                         cfg=parse_args(["--max-publish-bytes", "10"]))
     modes: list[Mode] = []

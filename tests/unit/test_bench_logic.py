@@ -12,6 +12,7 @@ from bench.workload import (
     tick_payload,
     zipf_cdf,
 )
+from common.records import Record
 from shard.gcpolicy import GcAction, GcPolicy
 from shard.protocol import tick_frame
 
@@ -31,7 +32,7 @@ def test_subscriptions_are_deterministic_distinct_and_popularity_skewed():
 
 def test_tick_frames_parse_back_to_token_sequence_and_timestamp():
     """A shard tick frame carrying a bench payload yields (token, seq, ts); other frames None."""
-    frame = tick_frame("T00042", tick_payload(17, 1_700_000_000_123_456, "0" * 60))
+    frame = tick_frame(Record("T00042", tick_payload(17, 1_700_000_000_123_456, "0" * 60), 3, 99, 5))
     body = frame[frame.index(b"{"):]  # the frame minus its WebSocket header
     assert parse_tick(body) == ("T00042", 17, 1_700_000_000_123_456)
     assert parse_tick(b'{"type":"subscribed","tokens":["T1"]}') is None

@@ -43,7 +43,7 @@ def test_publish_shares_one_frame_object():
     boxes = [_box()[0] for _ in range(3)]
     for box in boxes:
         hub.subscribe(box, ["T"])
-    frame = tick_frame("T", b'{"p":1}')
+    frame = tick_frame(Record("T", b'{"p":1}'))
     assert hub.publish("T", frame) == []
     assert all(box.frames[0] is frame for box in boxes)
     assert hub.counters.frames_queued == 3
@@ -99,7 +99,7 @@ def test_last_value_snapshot_for_later_subscribers():
     hub.subscribe(box, ["A"])
     core = IngestCore(hub, on_overflow=lambda boxes: None)
     core.handle([Record("A", b'{"p":1}', 0, 10), Record("A", b'{"p":2}', 0, 11)])
-    assert hub.snapshot("A") == snapshot_frame("A", b'{"p":2}')
+    assert hub.snapshot("A") == snapshot_frame(Record("A", b'{"p":2}', 0, 11))
     assert hub.snapshot("B") is None
     hub.remove(box)
     assert hub.snapshot("A") is None  # forgotten with its last subscriber
@@ -114,7 +114,8 @@ def test_dispatcher_snapshot_is_delivered_once_and_never_goes_backwards():
     core.handle([Record("A", b"5", 0, 5, snapshot=True)])
     core.handle([Record("A", b"6", 0, 6)])
     core.handle([Record("A", b"5", 0, 5, snapshot=True), Record("Z", b"1", 0, 1, snapshot=True)])
-    assert list(box.frames) == [snapshot_frame("A", b"5"), tick_frame("A", b"6")]
+    assert list(box.frames) == [snapshot_frame(Record("A", b"5", 0, 5)),
+                                tick_frame(Record("A", b"6", 0, 6))]
     assert hub.counters.snapshots_received == 3 and hub.counters.snapshots_stale == 1
     assert hub.counters.records_received == 1
 
@@ -137,10 +138,12 @@ def test_ingest_skips_tokens_without_subscribers_and_keeps_order():
     pauses = []
     core = IngestCore(hub, on_overflow=lambda boxes: None, pause=lambda: pauses.append(1),
                       pause_every=2)
-    core.handle([Record("A", b"1"), Record("B", b"9"), Record("A", b"2"), Record("A", b"3")])
+    recs = [Record("A", b"1", 0, 1), Record("B", b"9", 0, 2), Record("A", b"2", 0, 3),
+            Record("A", b"3", 0, 4)]
+    core.handle(recs)
     assert hub.counters.records_received == 4
     assert hub.counters.records_no_subscriber == 1
-    assert list(box.frames) == [tick_frame("A", b"1"), tick_frame("A", b"2"), tick_frame("A", b"3")]
+    assert list(box.frames) == [tick_frame(recs[0]), tick_frame(recs[2]), tick_frame(recs[3])]
     assert len(pauses) == 1
 
 
@@ -152,7 +155,64 @@ def test_ingest_reports_overflowed_clients():
     hub.subscribe(box, ["A"])
     reported = []
     core = IngestCore(hub, on_overflow=reported.extend)
-    core.handle([Record("A", b"1"), Record("A", b"2")])
+    core.handle([Record("A", b"1", 0, 1), Record("A", b"2", 0, 2)])
     now[0] = 2.0
-    core.handle([Record("A", b"3")])
+    core.handle([Record("A", b"3", 0, 3)])
     assert reported == [box]
+
+
+def _subscribed(*tokens):
+    hub, _ = _hub()
+    box, _ = _box(1000)
+    hub.subscribe(box, list(tokens))
+    return hub, box
+
+
+def test_redelivered_records_never_reach_clients_twice():
+    """A record at or behind a token's delivered position (a resent batch, a replay) is dropped."""
+    hub, box = _subscribed("A", "B")
+    core = IngestCore(hub, on_overflow=lambda boxes: None)
+    first = [Record("A", b"1", 0, 10), Record("B", b"1", 0, 11), Record("A", b"2", 0, 12)]
+    core.handle(first)
+    core.handle([*first, Record("A", b"3", 0, 13)])  # a resent batch, then something new
+    core.handle([Record("B", b"0", 0, 9)])  # an old record replayed after a failover
+    assert list(box.frames) == [*map(tick_frame, first), tick_frame(Record("A", b"3", 0, 13))]
+    assert hub.counters.duplicates_dropped == 4
+
+
+def test_offsets_of_another_partition_start_afresh():
+    """Positions compare within a partition only: a token moved to a new partition is not dropped."""
+    hub, box = _subscribed("A")
+    core = IngestCore(hub, on_overflow=lambda boxes: None)
+    core.handle([Record("A", b"1", 0, 50), Record("A", b"2", 1, 3)])
+    assert len(box.frames) == 2 and hub.counters.duplicates_dropped == 0
+
+
+def test_resync_replaces_missed_ticks_and_is_marked():
+    """A dispatcher resync newer than what the shard delivered goes out marked resync; older ones not."""
+    hub, box = _subscribed("A")
+    core = IngestCore(hub, on_overflow=lambda boxes: None)
+    core.handle([Record("A", b"1", 0, 1)])
+    latest = Record("A", b"9", 0, 9, resync=True)
+    core.handle([latest, Record("A", b"5", 0, 5), Record("A", b"9", 0, 9)])  # queued ticks follow
+    assert list(box.frames) == [tick_frame(Record("A", b"1", 0, 1)), snapshot_frame(latest, True)]
+    assert hub.counters.resyncs_delivered == 1 and hub.counters.duplicates_dropped == 2
+
+
+def test_snapshot_newer_than_a_delivered_tick_is_a_resync():
+    """A route-join snapshot that supersedes a delivered tick means ticks were missed: marked resync."""
+    hub, box = _subscribed("A")
+    core = IngestCore(hub, on_overflow=lambda boxes: None)
+    core.handle([Record("A", b"1", 0, 1), Record("A", b"4", 0, 4, snapshot=True)])
+    assert list(box.frames)[1] == snapshot_frame(Record("A", b"4", 0, 4), resync=True)
+
+
+def test_gap_marker_hands_subscribers_to_the_gap_callback():
+    """A gap (records lost, no value to resync) reports the token's subscribers, nobody else."""
+    hub, box = _subscribed("A")
+    other, _ = _box(10)
+    hub.subscribe(other, ["B"])
+    told = []
+    core = IngestCore(hub, on_overflow=lambda boxes: None, on_gap=told.extend)
+    core.handle([Record("A", b"", gap=True), Record("Z", b"", gap=True)])
+    assert told == [box] and hub.counters.gaps_closed == 1 and not box.frames

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from common.records import Record
 from shard.codes import ErrorCode
 from shard.protocol import (
     Ping,
@@ -16,6 +17,7 @@ from shard.protocol import (
     close_frame,
     error_frame,
     parse_request,
+    snapshot_frame,
     tick_frame,
     ws_frame,
 )
@@ -76,17 +78,27 @@ def test_error_keeps_request_id():
 def test_tick_frame_embeds_json_payload_verbatim():
     """A JSON payload's exact bytes (whitespace, key order, unicode) appear inside the frame."""
     payload = '{"b": 1,  "a": [1.50, "é"]}'.encode()
-    frame = tick_frame("BTC-USD", payload)
-    assert _payload(frame) == b'{"type":"tick","token":"BTC-USD","data":' + payload + b"}"
+    frame = tick_frame(Record("BTC-USD", payload, 2, 1234, 1_700_000_000_123))
+    assert _payload(frame) == (b'{"type":"tick","token":"BTC-USD","partition":2,"offset":1234,'
+                               b'"ts":1700000000123,"data":' + payload + b"}")
     assert json.loads(_payload(frame))["data"] == {"b": 1, "a": [1.5, "é"]}
 
 
 def test_tick_frame_base64_for_non_json():
     """Binary or non-JSON payloads travel base64-encoded and decode to the same bytes."""
     for payload in (b"\x00\xff\x10", b"NaN", b"plain text", b""):
-        doc = json.loads(_payload(tick_frame("T", payload)))
+        doc = json.loads(_payload(tick_frame(Record("T", payload))))
         assert base64.b64decode(doc["data_b64"]) == payload
         assert "data" not in doc
+
+
+def test_snapshot_frames_carry_position_and_resync_mark():
+    """Snapshots carry their record's position; a resync says so, a plain snapshot does not."""
+    rec = Record("ETH-USD", b'{"px":2}', 1, 77, 1_700_000_000_999)
+    plain = json.loads(_payload(snapshot_frame(rec)))
+    assert plain == {"type": "snapshot", "token": "ETH-USD", "partition": 1, "offset": 77,
+                     "ts": 1_700_000_000_999, "data": {"px": 2}}
+    assert json.loads(_payload(snapshot_frame(rec, resync=True)))["resync"] is True
 
 
 def test_ws_frame_lengths():

@@ -8,19 +8,85 @@ from dispatcher.shard_queue import ShardQueue
 from shard.ratelimit import TokenBucket
 
 
-def _recs(n, start=0):
-    return [Record("T", str(i).encode()) for i in range(start, start + n)]
+def _recs(n, start=0, token="T"):
+    return [Record(token, str(i).encode(), 0, i) for i in range(start, start + n)]
 
 
-def test_queue_drops_oldest_beyond_bound():
-    """Past max_records the oldest records go, are counted, and offer never blocks."""
-    q = ShardQueue(max_records=5)
+def _payloads(got):
+    return [r.payload for r in got[1]]
+
+
+def test_queue_drops_oldest_beyond_bound_and_resyncs_their_tokens_first():
+    """Past max_records the oldest go (counted, offer never blocks); the token's latest value leads."""
+    latest = {"T": Record("T", b"6", 0, 6)}
+    q = ShardQueue(max_records=5, latest=latest.get)
     assert q.offer(_recs(4)) == 0
     assert q.offer(_recs(3, 4)) == 2
-    q.open_stream(window=1)
+    q.open_stream(window=4)
     seq, batch = q.take(10, 0.1, q.epoch)
-    assert seq == 1 and [r.payload for r in batch] == [b"2", b"3", b"4", b"5", b"6"]
-    assert q.dropped == 2
+    assert seq == 1 and batch == [Record("T", b"6", 0, 6, resync=True)]
+    assert _payloads(q.take(10, 0.1, q.epoch)) == [b"2", b"3", b"4", b"5", b"6"]
+    assert q.dropped == 2 and q.resyncs == 1
+
+
+def test_dropped_token_without_a_known_value_gets_a_gap_marker():
+    """Loss with no value to resync with is still announced: a gap record for the token."""
+    q = ShardQueue(max_records=1)
+    q.offer(_recs(1, token="A") + _recs(1, token="B"))
+    q.open_stream(window=4)
+    assert q.take(10, 0.1, q.epoch)[1] == [Record("A", b"", gap=True)]
+    assert q.gaps == 1
+
+
+def test_unacked_batches_are_resent_in_order_on_the_next_stream():
+    """A dead stream's unacked batches go back in front of newer records, in their order."""
+    q = ShardQueue(100)
+    q.offer(_recs(6))
+    q.open_stream(window=4)
+    assert _payloads(q.take(2, 0.01, q.epoch)) == [b"0", b"1"]
+    assert _payloads(q.take(2, 0.01, q.epoch)) == [b"2", b"3"]
+    q.ack(1)
+    q.offer(_recs(1, 6))
+    assert q.close_stream() == 2
+    q.open_stream(window=4)
+    got = q.take(10, 0.01, q.epoch)
+    assert got[0] == 1 and _payloads(got) == [b"2", b"3", b"4", b"5", b"6"]
+    assert q.resent_records == 2 and q.dropped == 0
+
+
+def test_unacked_records_count_toward_the_bound():
+    """Records in flight count against max_records, so a stalled shard's memory stays bounded."""
+    q = ShardQueue(max_records=4)
+    q.offer(_recs(3))
+    q.open_stream(window=4)
+    q.take(3, 0.01, q.epoch)
+    assert q.offer(_recs(3, 3)) == 2
+    assert q.depth == 1 and q.dropped == 2
+
+
+def test_ping_uses_credit_and_its_ack_is_proof_of_life():
+    """An empty batch takes a seq and a credit; acking it refreshes last_ack_s."""
+    now = [10.0]
+    q = ShardQueue(100, clock=lambda: now[0])
+    q.open_stream(window=1)
+    assert q.last_ack_s == 10.0
+    assert q.ping(q.epoch) == 1
+    assert q.ping(q.epoch) is None  # window full
+    now[0] = 12.5
+    q.ack(1)
+    assert q.last_ack_s == 12.5 and q.ping(q.epoch) == 2
+
+
+def test_pending_offsets_hold_commits_below_unacked_records():
+    """The lowest unacked or queued offset per partition is reported; snapshots never hold back."""
+    q = ShardQueue(100)
+    q.offer([Record("A", b"", 0, 5), Record("B", b"", 1, 7), Record("A", b"", 0, 8),
+             Record("C", b"", 2, 1, snapshot=True)])
+    q.open_stream(window=4)
+    q.take(1, 0.01, q.epoch)
+    assert q.pending_offsets() == {0: 5, 1: 7}
+    q.ack(1)
+    assert q.pending_offsets() == {0: 8, 1: 7}
 
 
 def test_queue_respects_credit_window():
@@ -53,7 +119,7 @@ def test_dead_stream_epoch_stops_taking():
     q.offer(_recs(3))
     q.open_stream(4)
     old = q.epoch
-    assert q.close_stream() == 0
+    assert q.close_stream() == 0  # nothing was in flight
     q.open_stream(4)
     assert q.take(1, 0.01, old) is None
     assert q.take(1, 0.01, q.epoch) is not None
