@@ -8,7 +8,7 @@ KAFKA_LIB := $(CACHE)/kafka/lib
 PROTOS := $(wildcard protos/shardcast/v1/*.proto)
 
 .PHONY: all deps protos kafka-jars redis run test unit lint clean compose-up compose-down compose-rehearse \
-	bench bench-matrix bench-routing
+	bench bench-matrix bench-routing chaos
 
 all: deps protos
 
@@ -66,6 +66,10 @@ bench-matrix: deps protos kafka-jars redis
 
 bench-routing: deps protos kafka-jars redis
 	$(PY) -m bench.routing_cost
+
+# Fault suite on the real stack (issue 8); see docs/reliability.md. CHAOS_REPS repetitions per fault.
+chaos: deps protos kafka-jars redis
+	ulimit -n $$(ulimit -Hn); $(PY) -m bench.chaos --reps $${CHAOS_REPS:-3}
 
 # The same stack in containers (needs a Docker engine; see compose/docker-compose.yml).
 compose-up:
