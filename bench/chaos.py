@@ -305,7 +305,8 @@ class Sut:
         try:
             for i in range(3):
                 sut.shards.append(start_shard(c, f"s{i + 1}", extra=[
-                    "--max-connections", "19000", "--heartbeat-ttl-s", str(pf.heartbeat_ttl_s)]))
+                    "--max-connections", "19000", "--max-connections-per-ip", "19000",
+                    "--heartbeat-ttl-s", str(pf.heartbeat_ttl_s)]))
             for d in ("d1", "d2"):
                 sut.dispatchers.append(start_dispatcher(c, d, extra=[
                     "--group", f"g-{ns}", "--offset-reset", "earliest"]))

@@ -39,7 +39,8 @@ class Sut:
         try:
             for i in range(shards):
                 sut.shards.append(start_shard(c, f"s{i + 1}", extra=[
-                    "--max-connections", str(SHARD_MAX_CONNECTIONS), *(shard_extra or [])]))
+                    "--max-connections", str(SHARD_MAX_CONNECTIONS),
+                    "--max-connections-per-ip", str(SHARD_MAX_CONNECTIONS), *(shard_extra or [])]))
             if with_dispatcher:
                 sut.start_dispatcher(mode, dispatcher_extra)
         except BaseException:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import redis
 
+from common.records import TOKEN_RE
+
 _CLEANUP = """
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 local toks = redis.call('SMEMBERS', KEYS[1])
@@ -79,19 +81,44 @@ class Change:
     value: str = ""
 
 
+MAX_CHANGE_BYTES = 8 << 20  # a shard's resync announces every token it holds in one message
+CHANGE_OPS = frozenset({"route", "reset", "up", "down", "mode"})
+MODES = frozenset({"targeted", "broadcast"})
+
+
 def decode_change(raw: bytes | str) -> Change | None:
-    """Parse a change-feed message; None for anything malformed (ignored, never fatal)."""
+    """Parse a change-feed message against its strict schema; None for anything else.
+
+    Whoever can publish on the channel can send anything: a huge or deeply
+    nested message, a non-UTF-8 one, tokens no client may use. Such a message
+    is rejected here (the caller counts and logs it), never fatal.
+    """
+    if len(raw) > MAX_CHANGE_BYTES:
+        return None
     try:
         msg = json.loads(raw)
-        return Change(
-            op=str(msg["op"]),
-            shard=str(msg["shard"]),
-            add=tuple(str(t) for t in msg.get("add") or ()),
-            remove=tuple(str(t) for t in msg.get("del") or ()),
-            value=str(msg.get("value", "")),
-        )
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
+    if not isinstance(msg, dict):
+        return None
+    op, shard, value = msg.get("op"), msg.get("shard"), msg.get("value", "")
+    add, remove = msg.get("add") or [], msg.get("del") or []
+    if op not in CHANGE_OPS or not isinstance(shard, str) or not isinstance(value, str):
+        return None
+    if op == "mode":
+        return Change(op, "", value=value) if value in MODES else None
+    if not valid_id(shard) or not _tokens(add) or not _tokens(remove):
+        return None
+    return Change(op, shard, tuple(add), tuple(remove))
+
+
+def _tokens(items: object) -> bool:
+    return isinstance(items, list) and all(isinstance(t, str) and TOKEN_RE.fullmatch(t) for t in items)
+
+
+def valid_id(shard_id: str) -> bool:
+    """Shard ids follow the token rule: 1-64 of A-Z a-z 0-9 . _ : / -."""
+    return TOKEN_RE.fullmatch(shard_id) is not None
 
 
 class Registry:
@@ -170,7 +197,7 @@ class Registry:
 
     def registered_tokens(self, shard_id: str) -> set[str]:
         """The tokens Redis holds for a shard (what its resync compares with the local truth)."""
-        return {t.decode() for t in self.r.smembers(self.tokens_key(shard_id))}
+        return {t.decode("utf-8", "replace") for t in self.r.smembers(self.tokens_key(shard_id))}
 
     def deregister(self, shard_id: str) -> None:
         """Clean shutdown: drop routes, liveness and membership, then announce."""
@@ -189,7 +216,7 @@ class Registry:
         as dead already, so a reader that re-reads well within `slack_ms` drops a
         silent shard before its TTL runs out, by Redis's own clock (no skew).
         """
-        ids = sorted(m.decode() for m in self.r.smembers(self.shards_key()))
+        ids = sorted(filter(None, map(_member_id, self.r.smembers(self.shards_key()))))
         pipe = self.r.pipeline(transaction=False)
         for sid in ids:
             pipe.hgetall(self.shard_key(sid))
@@ -213,8 +240,10 @@ class Registry:
             pipe.smembers(self.tokens_key(sid))
         table: dict[str, set[str]] = {}
         for sid, tokens in zip(ids, pipe.execute(), strict=True):
-            for t in tokens:
-                table.setdefault(t.decode(), set()).add(sid)
+            for raw in tokens:
+                token = _member_id(raw)  # same rule: anything else is not a route
+                if token is not None:
+                    table.setdefault(token, set()).add(sid)
         return table
 
     def forget(self, shard_id: str) -> bool:
@@ -241,6 +270,15 @@ class Registry:
         return {m.decode() for m in self.r.smembers(self.route_key(token))}
 
 
+def _member_id(raw: bytes) -> str | None:
+    """A shard id read from Redis, or None for a member no shard could have written."""
+    try:
+        sid = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return sid if valid_id(sid) else None
+
+
 def _shard_info(shard_id: str, h: Mapping[bytes, bytes]) -> ShardInfo | None:
     if not h:
         return None
@@ -257,7 +295,7 @@ def _shard_info(shard_id: str, h: Mapping[bytes, bytes]) -> ShardInfo | None:
             ttl_ms=int(h.get(b"ttl_ms", 0)),
             state=h.get(b"state", b"live").decode(),
         )
-    except (KeyError, ValueError):
+    except (KeyError, ValueError):  # UnicodeDecodeError included: a forged hash is no shard
         return None
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import redis as redis_py
 import websocket
 import yaml
 
@@ -46,6 +49,7 @@ class Rehearsal:
         self.servers: list = []
         self.ports: dict[str, dict[str, int]] = {}
         self.spec = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())
+        self.secrets: dict[str, str] = {}  # what the operator must set (${VAR:?...}), made up here
 
     # -- start -------------------------------------------------------------
     def start(self) -> None:
@@ -54,7 +58,9 @@ class Rehearsal:
         self.servers += [redis, kafka]
         init = self.spec["services"]["kafka-init"]["command"]
         kafka.create_topic(init[init.index("--topic") + 1], int(init[init.index("--partitions") + 1]))
-        self.hosts = {"kafka:9092": kafka.bootstrap, "redis://redis:6379": redis.url.rsplit("/", 1)[0]}
+        self.hosts = {"kafka:9092": kafka.bootstrap,
+                      "redis:6379": redis.url.removeprefix("redis://").rsplit("/", 1)[0]}
+        self._add_redis_user(redis.url)
         ours = {n: s for n, s in self.spec["services"].items() if s.get("image") == "shardcast:dev"}
         order = sorted(ours, key=lambda n: (not n.startswith("shard"), n == "producer", n))
         for name in order:
@@ -63,7 +69,7 @@ class Rehearsal:
         self._start_prometheus()
 
     def _start_service(self, name: str, service: dict) -> None:
-        env = {k: self._local(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)))
+        env = {k: self._local(self._interpolate(str(v)))
                for k, v in (service.get("environment") or {}).items()}
         module = service["command"][2]
         ports = {"shard": ["ws", "grpc"], "dispatcher": ["http", "admin"], "demo.producer": ["metrics"]}
@@ -79,6 +85,20 @@ class Rehearsal:
             wait_until(lambda: http_json(f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, name, proc=proc)
         log.info("%s up %s", name, self.ports[name])
         self.env = env if module == "dispatcher" else getattr(self, "env", {})
+
+    def _interpolate(self, value: str) -> str:
+        """Compose's ${VAR:-default} (VAR unset) and ${VAR:?msg} (a secret the operator sets)."""
+        value = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+        return re.sub(r"\$\{(\w+):\?[^}]*\}",
+                      lambda m: self.secrets.setdefault(m[1], secrets.token_urlsafe(32)), value)
+
+    def _add_redis_user(self, url: str) -> None:
+        """The compose Redis's ACL user (`compose/docker-compose.yml`, service redis), on our server."""
+        script = " ".join(self.spec["services"]["redis"]["command"])
+        rules = re.search(r"user shardcast on >%s ([^\n\\']*)", script)[1].split()
+        password = self._interpolate("${SHARDCAST_REDIS_PASSWORD:?}")
+        redis_py.Redis.from_url(url).execute_command("ACL", "SETUSER", "shardcast", "on",
+                                                     f">{password}", *rules)
 
     def _local(self, value: str) -> str:
         for k, v in self.hosts.items():
@@ -127,9 +147,10 @@ class Rehearsal:
         per_shard = {n: http_json(f"http://127.0.0.1:{p['ws']}/stats")[1]["connections"]
                      for n, p in self.ports.items() if "ws" in p}
         admin = f"127.0.0.1:{self.ports['dispatcher-1']['admin']}"
-        out = subprocess.run(python_cmd("-m", "dispatcher.admin", "--target", admin, "--token",
-                                        self.env["SHARDCAST_ADMIN_TOKEN"], "drain", "shard-1",
-                                        "--window-s", "2"), capture_output=True, text=True, timeout=60)
+        env = {**os.environ, "SHARDCAST_ADMIN_TOKEN": self.env["SHARDCAST_ADMIN_TOKEN"]}
+        out = subprocess.run(python_cmd("-m", "dispatcher.admin", "--target", admin, "drain", "shard-1",
+                                        "--window-s", "2"), capture_output=True, text=True, timeout=60,
+                             env=env)
         assert out.returncode == 0, out.stderr
         wait_until(lambda: len(closes) >= per_shard["shard-1"], 30, "1012 on shard-1's clients")
         before = list(got)

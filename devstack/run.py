@@ -11,12 +11,21 @@ servers), RUN_SHARDS (3), RUN_PARTITIONS (6), RUN_RATE (ticks/s, 200),
 RUN_TOKENS (300), RUN_MODE (targeted), RUN_WS_PORT (first shard's WebSocket
 port, 8701), RUN_DISPATCHER_PORT (8700),
 RUN_ADMIN_PORT (8790), SHARDCAST_TOPIC (ticks), RUN_DIR (.run: data and logs).
+
+Shards and the dispatcher share a random ingest secret per run (made by
+`devstack.stack.Common`, handed over in their environment).
+
+Shards run with --auth jwt: a random HS256 secret is made per run and handed to
+them in the environment (never on a command line); the banner prints a demo
+token granting every token for 24 h, and the demo page URL carrying it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -24,12 +33,15 @@ from pathlib import Path
 
 import redis
 
-from common.cli import setup_logging
+from common.cli import redact_url, setup_logging
 from common.registry import Registry
 from devstack.kafka_server import KafkaServer, create_topic
 from devstack.procs import ROOT, free_port, port_bindable
 from devstack.redis_server import RedisServer
 from devstack.stack import Common, DispatcherProc, start_dispatcher, start_producer, start_shard, stop_all
+from shard.token import issue
+
+DEMO_TOKEN_TTL_S = 24 * 3600
 
 log = logging.getLogger("run")
 
@@ -60,11 +72,15 @@ def main() -> None:
         c = Common(redis_url=redis_url, namespace="shardcast", logdir=workdir / "logs",
                    kafka_bootstrap=bootstrap, topic=env.get("SHARDCAST_TOPIC", "ticks"))
         create_topic(bootstrap, c.topic, int(env.get("RUN_PARTITIONS", "6")))
-        log.info("kafka=%s redis=%s topic=%s", bootstrap, redis_url, c.topic)
+        log.info("kafka=%s redis=%s topic=%s", bootstrap, redact_url(redis_url), c.topic)
         ws_base = int(env.get("RUN_WS_PORT", "8701"))
+        jwt_secret = secrets.token_urlsafe(32)
+        # Only the shards get the signing secret, through their environment.
+        shard_c = dataclasses.replace(c, env={**c.env, "SHARDCAST_JWT_SECRET": jwt_secret})
         for i in range(int(env.get("RUN_SHARDS", "3"))):
             sid = f"shard-{i + 1}"
-            sp = start_shard(c, sid, ws_port=_port(ws_base + i), grpc_port=_port(ws_base + 1000 + i))
+            sp = start_shard(shard_c, sid, ws_port=_port(ws_base + i),
+                             grpc_port=_port(ws_base + 1000 + i), extra=["--auth", "jwt"])
             procs.append(sp.proc)
             shard_ids.append(sid)
             urls.append(sp.ws_url)
@@ -76,7 +92,7 @@ def main() -> None:
         procs.append(start_producer(c, float(env.get("RUN_RATE", "200")),
                                     int(env.get("RUN_TOKENS", "300"))))
         log.info("dispatcher pid=%d producer pid=%d", dp.proc.pid, procs[-1].pid)
-        _banner(c, dp, urls)
+        _banner(c, dp, urls, issue(jwt_secret.encode(), ["*"], DEMO_TOKEN_TTL_S))
         while not stop.wait(1.0):
             dead = [p for p in procs if p.poll() is not None]
             if dead:
@@ -110,23 +126,25 @@ def _scrub(redis_url: str, shard_ids: list[str]) -> None:
         log.warning("could not scrub registry: %s", exc)
 
 
-def _banner(c: Common, dp: DispatcherProc, urls: list[str]) -> None:
+def _banner(c: Common, dp: DispatcherProc, urls: list[str], token: str) -> None:
     exe = Path(sys.executable)
     py = exe.relative_to(ROOT) if exe.is_relative_to(ROOT) else exe
     lines = [
         "",
         "shardcast is up. Ctrl-C stops everything.",
         *(f"  shard WebSocket: {u}" for u in urls),
-        f"  demo page: {urls[0].replace('ws://', 'http://').removesuffix('/ws')}/",
+        f"  demo token (every token, 24 h): {token}",
+        f"  demo page: {urls[0].replace('ws://', 'http://').removesuffix('/ws')}/?token={token}",
         f"  dispatcher status: http://127.0.0.1:{dp.http_port}/stats  (Prometheus: /metrics)",
         f"  admin API (gRPC): {dp.admin_target}   e.g. {py} -m dispatcher.admin --target "
         f"{dp.admin_target} shards",
         f"  logs: {c.logdir}",
         "",
         "Watch live ticks:",
-        f"  {py} -m devstack.watch --url {urls[0]} BTC-USD ETH-USD",
+        f"  {py} -m devstack.watch --url '{urls[0]}?token={token}' BTC-USD ETH-USD",
         "or with wscat:",
-        f"  wscat -c {urls[0]}   then send {{\"op\":\"subscribe\",\"tokens\":[\"BTC-USD\"]}}",
+        f"  wscat -c '{urls[0]}?token={token}'   then send "
+        f"{{\"op\":\"subscribe\",\"tokens\":[\"BTC-USD\"]}}",
         "",
     ]
     print("\n".join(lines), flush=True)

@@ -5,6 +5,7 @@ Shared by `make run`, the tests and the benchmarks.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,12 @@ class DispatcherProc:
 
 @dataclass
 class Common:
-    """Where our processes find Kafka and Redis, and where they log."""
+    """Where our processes find Kafka and Redis, and where they log.
+
+    `env` goes to every process; it carries a fresh ingest secret (shards and
+    dispatchers must share it) unless the caller set one. Secrets and the Redis
+    URL travel in the environment, never on a command line.
+    """
 
     redis_url: str
     namespace: str
@@ -65,6 +71,12 @@ class Common:
     kafka_bootstrap: str = ""
     topic: str = "ticks"
     env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.env.setdefault("SHARDCAST_INGEST_SECRET", secrets.token_urlsafe(32))
+
+    def proc_env(self) -> dict[str, str]:
+        return {"SHARDCAST_REDIS_URL": self.redis_url, **self.env}
 
 
 def start_shard(c: Common, shard_id: str, ws_port: int | None = None,
@@ -74,9 +86,8 @@ def start_shard(c: Common, shard_id: str, ws_port: int | None = None,
     grpc_port = grpc_port or free_port()
     log = c.logdir / f"shard-{shard_id}.log"
     cmd = python_cmd("-m", "shard", "--id", shard_id, "--ws-port", str(ws_port),
-                     "--grpc-port", str(grpc_port), "--redis-url", c.redis_url,
-                     "--namespace", c.namespace, *(extra or []))
-    sp = ShardProc(shard_id, ws_port, grpc_port, spawn(cmd, log, c.env), log)
+                     "--grpc-port", str(grpc_port), "--namespace", c.namespace, *(extra or []))
+    sp = ShardProc(shard_id, ws_port, grpc_port, spawn(cmd, log, c.proc_env()), log)
     wait_until(sp.healthy, wait_s, f"shard {shard_id}", proc=sp.proc)
     return sp
 
@@ -88,10 +99,10 @@ def start_dispatcher(c: Common, dispatcher_id: str = "d1", mode: str = "targeted
     admin_port = admin_port or free_port()
     log = c.logdir / f"dispatcher-{dispatcher_id}.log"
     cmd = python_cmd("-m", "dispatcher", "--id", dispatcher_id, "--kafka-bootstrap",
-                     c.kafka_bootstrap, "--topic", c.topic, "--redis-url", c.redis_url,
-                     "--namespace", c.namespace, "--mode", mode, "--http-port", str(http_port),
-                     "--admin-port", str(admin_port), *(extra or []))
-    dp = DispatcherProc(http_port, spawn(cmd, log, c.env), log, admin_port)
+                     c.kafka_bootstrap, "--topic", c.topic, "--namespace", c.namespace,
+                     "--mode", mode, "--http-port", str(http_port), "--admin-port", str(admin_port),
+                     *(extra or []))
+    dp = DispatcherProc(http_port, spawn(cmd, log, c.proc_env()), log, admin_port)
     wait_until(dp.healthy, wait_s, f"dispatcher {dispatcher_id}", interval_s=0.2, proc=dp.proc)
     return dp
 

@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from shardcast.v1 import admin_pb2, admin_pb2_grpc
 
-from common.cli import add_flag
+from common.cli import add_flag, add_secret, secret
 from common.tables import table as common_table
 
 MODES = {"targeted": admin_pb2.DISPATCH_MODE_TARGETED, "broadcast": admin_pb2.DISPATCH_MODE_BROADCAST}
@@ -38,7 +38,7 @@ def _enum(name: str, prefix: str) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dispatcher.admin", description="shardcast admin CLI")
     add_flag(p, "target", "SHARDCAST_ADMIN_TARGET", "127.0.0.1:8790", "dispatcher admin address")
-    add_flag(p, "token", "SHARDCAST_ADMIN_TOKEN", "", "bearer token")
+    add_secret(p, "token", "SHARDCAST_ADMIN_TOKEN", "admin bearer token")
     add_flag(p, "tls-ca", "SHARDCAST_ADMIN_TLS_CA", "", "PEM CA bundle: connect with TLS")
     add_flag(p, "timeout-s", "SHARDCAST_ADMIN_TIMEOUT_S", 10.0, "per-call deadline (drain: window + this)",
              float)
@@ -60,7 +60,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    p = parser()
+    a = p.parse_args(argv)
+    a.token = secret(p, a.token_file, "SHARDCAST_ADMIN_TOKEN")
     if a.tls_ca:
         channel = grpc.secure_channel(a.target, grpc.ssl_channel_credentials(Path(a.tls_ca).read_bytes()))
     else:

@@ -18,8 +18,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from shardcast.v1 import admin_pb2, admin_pb2_grpc, control_pb2, control_pb2_grpc
 
+from common.cli import host_port
+from common.grpc_auth import deny
 from dispatcher.admin_core import AdminCode, AdminCore, AdminError, DrainView
 from dispatcher.config import DispatcherConfig
+from dispatcher.grpc_out import ShardAuth
 from dispatcher.routing import Mode
 
 log = logging.getLogger(__name__)
@@ -105,13 +108,17 @@ def _run(context: grpc.ServicerContext, fn: Callable, *args):
 
 
 class GrpcShardControl:
-    """`admin_core.ShardControl` over a shard's `ShardControl` service."""
+    """`admin_core.ShardControl` over a shard's `ShardControl` service (same credentials as ingest)."""
+
+    def __init__(self, auth: ShardAuth | None = None) -> None:
+        self.auth = auth or ShardAuth()
 
     def drain(self, grpc_addr: str, shard_id: str, window_s: float) -> Iterator[DrainView]:
         try:
-            with grpc.insecure_channel(grpc_addr) as channel:
+            with self.auth.channel(grpc_addr) as channel:
                 stub = control_pb2_grpc.ShardControlStub(channel)
-                for st in stub.Drain(control_pb2.DrainRequest(window_s=window_s)):
+                request = control_pb2.DrainRequest(window_s=window_s)
+                for st in stub.Drain(request, metadata=self.auth.metadata()):
                     yield DrainView(st.shard_id or shard_id, st.connections, st.closed, st.done)
         except grpc.RpcError as exc:
             raise AdminError(AdminCode.UNAVAILABLE, f"shard {shard_id} at {grpc_addr}: {exc.details()}") \
@@ -131,24 +138,7 @@ class BearerAuth(grpc.ServerInterceptor):
         got = dict(handler_call_details.invocation_metadata).get("authorization", "")
         if hmac.compare_digest(got.encode(), self.expected):
             return handler
-        return _deny(handler)
-
-
-def _deny(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that fails with UNAUTHENTICATED."""
-
-    def abort(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-
-    codec = {"request_deserializer": handler.request_deserializer,
-             "response_serializer": handler.response_serializer}
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort, **codec)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort, **codec)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort, **codec)
-    return grpc.unary_unary_rpc_method_handler(abort, **codec)
+        return deny(handler, "missing or wrong bearer token")
 
 
 class AdminServer:
@@ -169,7 +159,7 @@ class AdminServer:
         self._thread = threading.Thread(target=self._health_loop, name="admin-health", daemon=True)
 
     def _bind(self) -> int:
-        addr = f"{self.cfg.admin_host}:{self.cfg.admin_port}"
+        addr = host_port(self.cfg.admin_host, self.cfg.admin_port)
         if not self.cfg.admin_tls_cert:
             return self.server.add_insecure_port(addr)
         creds = grpc.ssl_server_credentials([(Path(self.cfg.admin_tls_key).read_bytes(),

@@ -16,11 +16,12 @@ from dispatcher.admin_core import AdminCore
 from dispatcher.admin_grpc import AdminServer, GrpcShardControl
 from dispatcher.config import DispatcherConfig, parse_args
 from dispatcher.consumer import ConsumerLoop
-from dispatcher.grpc_out import StreamPolicy
+from dispatcher.grpc_out import ShardAuth, StreamPolicy
 from dispatcher.publisher import KafkaPublisher
 from dispatcher.redis_lookup import RedisPerBatch, RedisPerRecord
 from dispatcher.registry_sync import RegistrySync
 from dispatcher.routing import Mode, RouteLookup, Router
+from dispatcher.shard_addrs import AddressPolicy
 from dispatcher.status_http import serve
 from dispatcher.streams import ShardStreams
 
@@ -35,11 +36,13 @@ class Dispatcher:
         self.started = time.time()
         self.sync = RegistrySync(cfg.redis_url, cfg.namespace, cfg.registry_refresh_s,
                                  cfg.janitor_grace_s, cfg.backoff_cap_s, self._send_snapshot,
-                                 self._on_cluster_mode, cfg.reregister_grace_s)
+                                 self._on_cluster_mode, cfg.reregister_grace_s,
+                                 AddressPolicy(cfg.shard_networks), cfg.table_reload_s)
         self.snapshots_sent = 0
         self.router = Router(_lookup(cfg.route_lookup, self.sync), cfg.mode)
+        shard_auth = ShardAuth(cfg.ingest_secret, cfg.shard_tls_ca, cfg.shard_tls_cert, cfg.shard_tls_key)
         policy = StreamPolicy(cfg.max_batch_records, cfg.backoff_cap_s, cfg.grpc_keepalive_s,
-                              cfg.grpc_keepalive_timeout_s, cfg.stream_ping_s)
+                              cfg.grpc_keepalive_timeout_s, cfg.stream_ping_s, shard_auth)
         self.streams = ShardStreams(cfg.shard_queue_records, policy, cfg.stream_liveness_s,
                                     latest=lambda token: self.loop.last.get(token),
                                     tokens_of=self.sync.table.tokens_of)
@@ -49,7 +52,7 @@ class Dispatcher:
         self.metrics = make_registry(lambda: metrics.collect(self, self.route_hist))
         self.publisher = KafkaPublisher(cfg.kafka_bootstrap, cfg.topic,
                                         f"shardcast-admin-{cfg.dispatcher_id}", cfg.max_publish_bytes)
-        core = AdminCore(self, GrpcShardControl(), self.publisher, self._set_cluster_mode)
+        core = AdminCore(self, GrpcShardControl(shard_auth), self.publisher, self._set_cluster_mode)
         self.admin = AdminServer(cfg, core, lambda: self._health()[0] == 200)
         self.http = None
 
@@ -105,9 +108,11 @@ class Dispatcher:
             return False
 
     def _health(self) -> tuple[int, object]:
-        ok = self.loop.assigned and self.sync.connected
+        age_s = time.time() - self.sync.last_sync_s
+        fresh = age_s <= self.cfg.max_table_age_s  # the sync thread answers and Redis with it
+        ok = self.loop.assigned and self.sync.connected and fresh
         doc = {"ok": ok, "kafka_assigned": self.loop.assigned, "registry_synced": self.sync.connected,
-               "routes_trusted": self.sync.healthy}
+               "routes_trusted": self.sync.healthy, "table_age_s": round(age_s, 3)}
         return (200 if ok else 503), doc
 
     def _route(self, query: dict[str, list[str]]) -> tuple[int, object]:
@@ -136,6 +141,11 @@ class Dispatcher:
             "registry_healthy": self.sync.connected,
             "routes_trusted": self.sync.healthy,
             "registry_resyncs": self.sync.resyncs,
+            "registry_reloads": self.sync.reloads,
+            "registry_changes_rejected": self.sync.changes_rejected,
+            "shards_refused_address": self.sync.policy.refused,
+            "last_values": len(self.loop.last),
+            "last_values_evicted": self.loop.last.evicted,
             "registry_changes_applied": self.sync.changes_applied,
             "registry_sync_age_s": round(time.time() - self.sync.last_sync_s, 3),
             "dropped_for_gone_shards": self.streams.dropped_gone,
@@ -143,6 +153,7 @@ class Dispatcher:
             "routable_shards": sorted(self.streams.routable),
             "shards_resynced_on_return": self.streams.resynced_returns,
             "first_record_at": self.loop.first_record_at,
+            "assigned_partitions": sorted(self.loop.lag),
             "process_cpu_s": time.process_time(),
             "consume_latency_counts": list(self.loop.consume_latency.counts),
             "latency_bounds_s": list(self.loop.consume_latency.bounds),

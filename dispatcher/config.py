@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import os
 import socket
 from dataclasses import dataclass, field
 
-from common.cli import add_flag, positive
+from common.cli import add_flag, add_secret, is_loopback, positive, readable_files, redis_url, secret
 from dispatcher.routing import Mode
+from dispatcher.shard_addrs import DEFAULT_NETWORKS, Network, parse_networks
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class DispatcherConfig:
     topic: str
     group: str
     offset_reset: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # may carry a password
     namespace: str
     mode: Mode
     http_host: str
@@ -38,11 +39,20 @@ class DispatcherConfig:
     stream_ping_s: float
     stream_liveness_s: float
     reregister_grace_s: float
+    last_values_max: int
+    shard_networks: tuple[Network, ...]
+    table_reload_s: float
+    max_table_age_s: float
     admin_host: str
     admin_port: int
     admin_token: str = field(repr=False)  # a secret: kept out of logs
     admin_tls_cert: str
     admin_tls_key: str
+    admin_insecure: bool
+    ingest_secret: str = field(repr=False)  # presented to shards on every ingest and drain call
+    shard_tls_ca: str
+    shard_tls_cert: str
+    shard_tls_key: str
     max_publish_bytes: int
     route_lookup: str
     log_level: str
@@ -58,7 +68,10 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
     f("group", "SHARDCAST_GROUP", "shardcast-dispatchers", "Kafka consumer group")
     f("offset-reset", "SHARDCAST_OFFSET_RESET", "latest", "where a new group starts",
       choices=["latest", "earliest"])
-    f("redis-url", "SHARDCAST_REDIS_URL", "redis://127.0.0.1:6379/0", "registry Redis")
+    f("redis-url", "SHARDCAST_REDIS_URL", "redis://127.0.0.1:6379/0",
+      "registry Redis (rediss:// for TLS); one with a password belongs in the env or --redis-url-file")
+    p.add_argument("--redis-url-file", default=os.environ.get("SHARDCAST_REDIS_URL_FILE", ""),
+                   metavar="PATH", help="file holding the Redis URL [env SHARDCAST_REDIS_URL_FILE]")
     f("namespace", "SHARDCAST_NAMESPACE", "shardcast", "registry key prefix")
     f("mode", "SHARDCAST_MODE", "targeted", "dispatch mode", choices=[m.value for m in Mode])
     f("http-host", "SHARDCAST_HTTP_HOST", "127.0.0.1", "status HTTP bind address")
@@ -96,12 +109,34 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
     f("reregister-grace-s", "SHARDCAST_REREGISTER_GRACE_S", 3.0,
       "after reconnecting to Redis, broadcast this long before trusting the reloaded routes "
       "(shards re-register within one heartbeat)", positive(float))
+    f("shard-networks", "SHARDCAST_SHARD_NETWORKS", DEFAULT_NETWORKS,
+      "CIDRs a shard's registered gRPC address must fall in (registry contents are untrusted; "
+      "default: loopback and private ranges)")
+    f("table-reload-s", "SHARDCAST_TABLE_RELOAD_S", 30.0,
+      "reload the whole routing table this often (repairs a lost or forged change-feed message)",
+      positive(float))
+    f("max-table-age-s", "SHARDCAST_MAX_TABLE_AGE_S", 10.0,
+      "health (/healthz, gRPC health) fails when the registry has not answered for this long",
+      positive(float))
+    f("last-values-max", "SHARDCAST_LAST_VALUES_MAX", 100_000,
+      "tokens whose newest record is kept for snapshots and resyncs (least recently updated "
+      "forgotten beyond; bounds memory whatever keys producers send)", positive(int))
     f("admin-host", "SHARDCAST_ADMIN_HOST", "127.0.0.1",
-      "gRPC admin API bind address (beyond loopback only with --admin-token)")
+      "gRPC admin API bind address (beyond loopback only with a token, and TLS or --admin-insecure)")
     f("admin-port", "SHARDCAST_ADMIN_PORT", 8790, "gRPC admin API port", int)
-    f("admin-token", "SHARDCAST_ADMIN_TOKEN", "", "bearer token every admin call must carry")
+    add_secret(p, "admin-token", "SHARDCAST_ADMIN_TOKEN", "admin bearer token")
     f("admin-tls-cert", "SHARDCAST_ADMIN_TLS_CERT", "", "PEM certificate: serve the admin API over TLS")
     f("admin-tls-key", "SHARDCAST_ADMIN_TLS_KEY", "", "PEM private key of --admin-tls-cert")
+    p.add_argument("--admin-insecure", action="store_true",
+                   default=os.environ.get("SHARDCAST_ADMIN_INSECURE", "") not in ("", "0", "false"),
+                   help="allow the admin API beyond loopback without TLS (token in cleartext) "
+                        "[env SHARDCAST_ADMIN_INSECURE; default off]")
+    add_secret(p, "ingest-secret", "SHARDCAST_INGEST_SECRET", "shards' ingest secret")
+    f("shard-tls-ca", "SHARDCAST_SHARD_TLS_CA", "",
+      "PEM CA bundle: dial shards over TLS, verifying their certificates")
+    f("shard-tls-cert", "SHARDCAST_SHARD_TLS_CERT", "",
+      "PEM client certificate presented to shards (mutual TLS; needs --shard-tls-ca)")
+    f("shard-tls-key", "SHARDCAST_SHARD_TLS_KEY", "", "PEM private key of --shard-tls-cert")
     f("max-publish-bytes", "SHARDCAST_MAX_PUBLISH_BYTES", 1 << 20, "largest payload Publish accepts",
       positive(int))
     f("route-lookup", "SHARDCAST_ROUTE_LOOKUP", "table",
@@ -110,14 +145,19 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
       choices=["table", "redis-per-batch", "redis-per-record"])
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     a = p.parse_args(argv)
+    a.redis_url = redis_url(p, a.redis_url, a.redis_url_file, "SHARDCAST_REDIS_URL")
+    a.admin_token = secret(p, a.admin_token_file, "SHARDCAST_ADMIN_TOKEN")
+    a.ingest_secret = secret(p, a.ingest_secret_file, "SHARDCAST_INGEST_SECRET")
+    _check_admin(p, a)
+    _check_shard_tls(p, a)
     if a.shard_queue_records < a.max_poll_records:
         p.error("--shard-queue-records must be >= --max-poll-records (a poll must fit a queue)")
-    if not a.admin_token and not is_loopback(a.admin_host):
-        p.error("--admin-host beyond loopback needs --admin-token (the admin API can drain shards)")
+    try:
+        networks = parse_networks(a.shard_networks)
+    except ValueError as exc:
+        p.error(f"--shard-networks: {exc}")
     if a.kafka_heartbeat_s * 3 > a.kafka_session_timeout_s:
         p.error("--kafka-heartbeat-s must be at most a third of --kafka-session-timeout-s")
-    if bool(a.admin_tls_cert) != bool(a.admin_tls_key):
-        p.error("--admin-tls-cert and --admin-tls-key go together")
     return DispatcherConfig(
         dispatcher_id=a.id,
         kafka_bootstrap=a.kafka_bootstrap,
@@ -144,22 +184,46 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
         stream_ping_s=a.stream_ping_s,
         stream_liveness_s=a.stream_liveness_s,
         reregister_grace_s=a.reregister_grace_s,
+        last_values_max=a.last_values_max,
+        shard_networks=networks,
+        table_reload_s=a.table_reload_s,
+        max_table_age_s=a.max_table_age_s,
         admin_host=a.admin_host,
         admin_port=a.admin_port,
         admin_token=a.admin_token,
         admin_tls_cert=a.admin_tls_cert,
         admin_tls_key=a.admin_tls_key,
+        admin_insecure=a.admin_insecure,
+        ingest_secret=a.ingest_secret,
+        shard_tls_ca=a.shard_tls_ca,
+        shard_tls_cert=a.shard_tls_cert,
+        shard_tls_key=a.shard_tls_key,
         max_publish_bytes=a.max_publish_bytes,
         route_lookup=a.route_lookup,
         log_level=a.log_level,
     )
 
 
-def is_loopback(host: str) -> bool:
-    """True for loopback addresses and `localhost` (names are not resolved)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _check_admin(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """Beyond loopback the admin API (which can drain shards) needs a token, and TLS unless waived."""
+    if bool(a.admin_tls_cert) != bool(a.admin_tls_key):
+        p.error("--admin-tls-cert and --admin-tls-key go together")
+    if is_loopback(a.admin_host):
+        return
+    if not a.admin_token:
+        p.error("--admin-host beyond loopback needs an admin token (SHARDCAST_ADMIN_TOKEN or "
+                "--admin-token-file): the admin API can drain shards")
+    if not a.admin_tls_cert and not a.admin_insecure:
+        p.error("--admin-host beyond loopback needs --admin-tls-cert/--admin-tls-key (the token "
+                "would cross the network in cleartext), or --admin-insecure to accept that")
+
+
+def _check_shard_tls(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """A client certificate needs its key, and both need the CA that verifies the shards."""
+    if bool(a.shard_tls_cert) != bool(a.shard_tls_key):
+        p.error("--shard-tls-cert and --shard-tls-key go together")
+    if a.shard_tls_cert and not a.shard_tls_ca:
+        p.error("--shard-tls-cert needs --shard-tls-ca (client certificates only travel over TLS)")
+    readable_files(p, shard_tls_ca=a.shard_tls_ca, shard_tls_cert=a.shard_tls_cert,
+                   shard_tls_key=a.shard_tls_key, admin_tls_cert=a.admin_tls_cert,
+                   admin_tls_key=a.admin_tls_key)

@@ -26,8 +26,9 @@ from kafka.errors import KafkaError
 
 from common.backoff import Backoff
 from common.metrics import FastHistogram
-from common.records import Record
+from common.records import TOKEN_RE, Record
 from dispatcher.config import DispatcherConfig
+from dispatcher.last_values import LastValues
 from dispatcher.registry_sync import RegistrySync
 from dispatcher.routing import Router
 from dispatcher.streams import ShardStreams
@@ -46,7 +47,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):
         """Forget last values of partitions now owned elsewhere (kept across an eager
         rebalance that hands the same partitions back: they are resync sources)."""
         mine = {tp.partition for tp in assigned}
-        self.loop.last = {t: r for t, r in self.loop.last.items() if r.partition in mine}
+        self.loop.last.retain_partitions(mine)
         log.info("assigned partitions %s", sorted(mine))
 
 
@@ -66,9 +67,9 @@ class ConsumerLoop:
         self.commit_failures = 0
 
         self.polls = 0
-        # Newest record of every token this dispatcher consumes: the snapshot a
-        # shard gets when it joins a token's route. Written here only.
-        self.last: dict[str, Record] = {}
+        # Newest record of each token this dispatcher consumes (bounded): the snapshot a
+        # shard gets when it joins a token's route, and the value of a resync. Written here only.
+        self.last = LastValues(cfg.last_values_max)
         # partition → (position, high watermark), refreshed by this thread about once a second.
         self.lag: dict[int, tuple[int, int]] = {}
         # (wall clock, process CPU) when the first record arrived: throughput runs time from here.
@@ -142,21 +143,20 @@ class ConsumerLoop:
                 next_commit = time.monotonic() + self.cfg.commit_interval_s
 
     def _translate(self, polled) -> list[Record]:
-        """ConsumerRecords → Records; a record without a usable key is counted and skipped."""
+        """ConsumerRecords → Records; a record whose key is not a valid token is counted and skipped."""
         out: list[Record] = []
-        last = self.last
+        put = self.last.put
         now_ms = time.time() * 1000
         observe = self.consume_latency.observe
         for tp_records in polled.values():
             for cr in tp_records:
-                try:
-                    token = cr.key.decode()
-                except (AttributeError, UnicodeDecodeError):
+                token = _token(cr.key)
+                if token is None:
                     self.records_invalid += 1
                     continue
                 rec = Record(token, cr.value or b"", cr.partition, cr.offset, cr.timestamp)
                 out.append(rec)
-                last[token] = rec
+                put(rec)
                 observe((now_ms - cr.timestamp) / 1000)
         if out and self.first_record_at is None:
             self.first_record_at = (time.time(), time.process_time())
@@ -203,3 +203,18 @@ class ConsumerLoop:
         c, self.consumer = self.consumer, None
         if c is not None:
             c.close(autocommit=False)
+
+
+def _token(key: bytes | None) -> str | None:
+    """The record's key as a token, or None when it is not one (the same rule clients follow).
+
+    Keys come from any producer: an empty, 10 KB, newline or `*` key must not
+    become a routing key, a registry entry or a last value.
+    """
+    if key is None or len(key) > 64:
+        return None
+    try:
+        token = key.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return token if TOKEN_RE.fullmatch(token) else None

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from shardcast.v1 import ingest_pb2, ingest_pb2_grpc
@@ -22,6 +23,35 @@ from dispatcher.shard_queue import ShardQueue
 log = logging.getLogger(__name__)
 SHARD_ID_METADATA = "x-shardcast-shard-id"
 MAX_BATCH_BYTES = 4 << 20  # payload bytes per DeliveryBatch (shards accept messages up to 64 MiB)
+AUTH_METADATA = "authorization"  # value: "Bearer <ingest secret>", checked by the shard on every call
+
+
+@dataclass(frozen=True)
+class ShardAuth:
+    """How the dispatcher proves itself to shards: the ingest secret, and optionally (mutual) TLS.
+
+    Shared by the ingest streams and the drain calls, since the shard checks
+    both the same way. Certificate files are read at each dial, so a rotated
+    certificate is picked up on the next reconnect.
+    """
+
+    secret: str = field(default="", repr=False)
+    tls_ca: str = ""  # set: dial with TLS, verifying shards against this CA
+    tls_cert: str = ""  # set: present this client certificate (mutual TLS)
+    tls_key: str = ""
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [(AUTH_METADATA, f"Bearer {self.secret}")] if self.secret else []
+
+    def channel(self, target: str, options: Sequence[tuple[str, int]] = ()) -> grpc.Channel:
+        if not self.tls_ca:
+            return grpc.insecure_channel(target, options=list(options))
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(self.tls_ca).read_bytes(),
+            private_key=Path(self.tls_key).read_bytes() if self.tls_key else None,
+            certificate_chain=Path(self.tls_cert).read_bytes() if self.tls_cert else None,
+        )
+        return grpc.secure_channel(target, creds, options=list(options))
 
 
 @dataclass(frozen=True)
@@ -33,6 +63,7 @@ class StreamPolicy:
     keepalive_s: float  # HTTP/2 ping period: shards must permit it (--grpc-min-ping-interval-s)
     keepalive_timeout_s: float
     ping_s: float  # an idle stream carries an empty batch this often; its ack is proof of life
+    auth: ShardAuth = field(default_factory=ShardAuth)
 
     def channel_options(self) -> list[tuple[str, int]]:
         return [
@@ -101,12 +132,12 @@ class ShardSender:
 
     def _stream_once(self) -> None:
         self.state = "connecting"
-        with grpc.insecure_channel(self.info.grpc_addr,
-                                   options=self.policy.channel_options()) as channel:
+        with self.policy.auth.channel(self.info.grpc_addr, self.policy.channel_options()) as channel:
             stub = ingest_pb2_grpc.ShardIngestStub(channel)
             alive = threading.Event()
             alive.set()
-            call = stub.Deliver(self._batches(alive), metadata=[(SHARD_ID_METADATA, self.info.shard_id)])
+            metadata = [(SHARD_ID_METADATA, self.info.shard_id), *self.policy.auth.metadata()]
+            call = stub.Deliver(self._batches(alive), metadata=metadata)
             self._call = call
             try:
                 for ack in call:

@@ -24,6 +24,7 @@ import redis
 from common.backoff import Backoff
 from common.registry import Registry, ShardInfo, decode_change
 from dispatcher.routing import RoutingTable
+from dispatcher.shard_addrs import DEFAULT_NETWORKS, AddressPolicy, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ class RegistrySync:
                  janitor_grace_s: float, backoff_cap_s: float,
                  on_route_add: Callable[[str, str], None] = lambda token, shard: None,
                  on_mode: Callable[[str], None] = lambda mode: None,
-                 grace_s: float = 0.0) -> None:
+                 grace_s: float = 0.0, policy: AddressPolicy | None = None,
+                 reload_s: float = 30.0) -> None:
         self.client = redis.Redis.from_url(
             redis_url, socket_timeout=max(2.0, refresh_s * 4), socket_connect_timeout=2
         )
@@ -52,6 +54,11 @@ class RegistrySync:
         self.changes_applied = 0
         self.resyncs = 0
         self.grace_s = grace_s
+        self.policy = policy or AddressPolicy(parse_networks(DEFAULT_NETWORKS))
+        self.reload_s = reload_s  # full reloads repair whatever a lost or forged change broke
+        self.changes_rejected = 0
+        self._refused_seen: set[tuple[str, str]] = set()  # logged once each
+        self.reloads = 0
         self._trusted_from = 0.0  # time.monotonic() from which a reloaded table is trusted
         self._dead_since: dict[str, float] = {}
         self._stop = threading.Event()
@@ -123,6 +130,7 @@ class RegistrySync:
 
     def _follow(self, pubsub: redis.client.PubSub) -> None:
         next_refresh = time.monotonic() + self.refresh_s
+        next_reload = time.monotonic() + self.reload_s
         while not self._stop.is_set():
             msg = pubsub.get_message(timeout=min(0.1, self.refresh_s))
             if msg and msg["type"] == "message":
@@ -131,11 +139,22 @@ class RegistrySync:
             if now >= next_refresh:
                 self._refresh_live()
                 next_refresh = now + self.refresh_s
+            if now >= next_reload:
+                self._reload()
+                next_reload = now + self.reload_s
+
+    def _reload(self) -> None:
+        """Reload the whole table from the shards' own token sets (pub/sub is at most once)."""
+        self.table.replace(self.registry.load_routes(self.live))
+        self.reloads += 1
 
     def _apply(self, raw: bytes) -> None:
         change = decode_change(raw)
         if change is None:
-            log.warning("ignoring malformed change %r", raw[:200])
+            self.changes_rejected += 1
+            if self.changes_rejected <= 10 or self.changes_rejected % 1000 == 0:
+                log.warning("rejected change-feed message #%d (%d bytes): %r",
+                            self.changes_rejected, len(raw), raw[:120])
             return
         self.changes_applied += 1
         self.last_sync_s = time.time()
@@ -153,6 +172,12 @@ class RegistrySync:
         # Two refresh periods of slack: one missed or late refresh still drops a
         # silent shard before its TTL is over.
         live, dead = self.registry.load_shards(slack_ms=int(self.refresh_s * 2000) + 100)
+        refused = [sid for sid, info in live.items() if not self.policy.allows(info.grpc_addr)]
+        for sid in refused:
+            addr = live.pop(sid).grpc_addr[:100]
+            if (sid, addr) not in self._refused_seen and len(self._refused_seen) < 1000:
+                self._refused_seen.add((sid, addr))
+                log.warning("ignoring shard %s: address %r outside --shard-networks", sid, addr)
         self.live = live
         self.dead = dead
         self.last_sync_s = time.time()

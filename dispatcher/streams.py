@@ -72,7 +72,9 @@ class ShardStreams:
         sid = info.shard_id
         queue = ShardQueue(self.queue_records, self.latest)
         if self._gone.pop(sid, None) == info.started_ms:
-            tokens = self.tokens_of(sid)
+            # Only tokens this dispatcher consumes: another one owns the other
+            # partitions and resyncs their tokens itself.
+            tokens = [t for t in self.tokens_of(sid) if self.latest(t) is not None]
             log.info("shard %s is back after being counted dead: resyncing %d tokens", sid, len(tokens))
             queue.mark_lost(tokens)
             self.resynced_returns += 1

@@ -23,8 +23,11 @@ class Close(IntEnum):
     SERVICE_RESTART = 1012  # drained: reconnect after a jittered pause
     TRY_AGAIN_LATER = 1013
     IDLE_TIMEOUT = 4001  # nothing received (not even a pong) for --idle-timeout-s
+    AUTH_FAILED = 4003  # the token of an auth message is invalid (signature, claims, audience, issuer)
     SLOW_CONSUMER = 4008  # outbound queue overflowed: client could not keep up
     DATA_LOST = 4010  # ticks meant for this client were lost upstream with no value to resync with
+    TOKEN_EXPIRED = 4011  # the connection's token expired (or an auth message carried an expired one)
+    AUTH_TIMEOUT = 4012  # no valid token within --auth-timeout-s of the upgrade
     RATE_LIMITED = 4029  # kept sending after repeated rate-limit errors
 
 
@@ -38,3 +41,6 @@ class ErrorCode(StrEnum):
     INVALID_TOKEN = "invalid_token"
     TOO_MANY_TOKENS = "too_many_tokens"  # per request or per connection
     RATE_LIMITED = "rate_limited"
+    UNAUTHENTICATED = "unauthenticated"  # a request other than auth/ping before a valid token
+    FORBIDDEN = "forbidden"  # subscribe to tokens outside the grant (nothing is subscribed)
+    CAPACITY = "capacity"  # the shard carries --max-shard-tokens tokens (nothing is subscribed)

@@ -20,7 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class ControlServicer(control_pb2_grpc.ShardControlServicer):
-    """`Drain` starts (or joins) the shard's drain and streams its progress until done."""
+    """`Drain` starts (or joins) the shard's drain and streams its progress until done.
+
+    Callers are authenticated before this runs (`grpc_ingest.IngestSecretAuth`, mutual TLS):
+    a drain closes every client, so it needs the same secret as ingest.
+    """
 
     def __init__(self, shard_id: str, start_drain: Callable[[float], Drain],
                  connections: Callable[[], int]) -> None:

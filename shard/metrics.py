@@ -19,7 +19,8 @@ NAMES = tuple(P + n for n in (
     "records_no_subscriber", "batches_received", "frames_queued", "frames_written",
     "frames_conflated", "clients_overflowed", "clients_behind", "outbox_frames", "snapshots_received",
     "duplicates_dropped", "resyncs_delivered", "gaps_closed",
-    "errors_sent", "upgrades_refused", "clients_idle_closed", "ingest_streams", "draining",
+    "auth_failures", "auth_closed", "grpc_unauthenticated", "errors_sent", "upgrades_refused",
+    "clients_idle_closed", "ingest_streams", "draining",
     "delivery_latency_seconds", "loop_lag_seconds", "loop_stall_seconds", "gc_pause_seconds",
     "gc_full_collections", "gc_frozen_objects",
 ))
@@ -53,6 +54,12 @@ def collect(s: ShardServer) -> Iterator[Metric]:
                   st["resyncs_delivered"])
     yield counter(P + "gaps_closed", "clients closed (4010): ticks lost with no value to resync",
                   st["gaps_closed"])
+    yield counter(P + "auth_failures", "bad client tokens, at the upgrade or in an auth message",
+                  st["auth_failures"])
+    yield counter(P + "auth_closed", "clients closed at token expiry or the auth deadline",
+                  st["auth_closed"])
+    yield counter(P + "grpc_unauthenticated", "internal gRPC calls refused for lack of the secret",
+                  st["grpc_unauthenticated"])
     yield counter(P + "errors_sent", "error frames sent to clients", c["errors_sent"])
     yield counter(P + "upgrades_refused", "upgrades refused with 503", c["upgrades_refused"])
     yield counter(P + "clients_idle_closed", "clients closed for silence (4001)", c["clients_idle_closed"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ from common.records import TOKEN_RE, Record
 from shard.codes import ErrorCode
 
 MAX_ID_CHARS = 64
+MAX_DEPTH = 8  # requests nest 2 deep; deeper JSON is refused before parsing (no RecursionError)
+MAX_AUTH_TOKEN_CHARS = 8192
+# Strings (skipped; an unterminated one runs to the end, so the scan stays linear) and brackets.
+_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
 OP_TEXT = 0x1
 OP_CLOSE = 0x8
 
@@ -43,20 +48,33 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """A connection token: authenticates the connection, or refreshes its grant and expiry."""
+
+    token: str
+    req_id: int | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolError:
     code: ErrorCode
     message: str
     req_id: int | str | None = None
 
 
-Request = Subscribe | Unsubscribe | Ping
+Request = Subscribe | Unsubscribe | Ping | Auth
 
 
 def parse_request(text: str, max_tokens: int) -> Request | ProtocolError:
-    """Turn one inbound text frame into a request, or the error to send back."""
+    """Turn one inbound text frame into a request, or the error to send back.
+
+    Never raises: a client's frame must not be able to hurt the shard.
+    """
+    if _too_deep(text):
+        return ProtocolError(ErrorCode.INVALID_JSON, f"JSON nested deeper than {MAX_DEPTH}")
     try:
         msg = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: belt and braces, _too_deep stops it
         return ProtocolError(ErrorCode.INVALID_JSON, "frame is not valid JSON")
     if not isinstance(msg, dict):
         return ProtocolError(ErrorCode.NOT_AN_OBJECT, "request must be a JSON object")
@@ -66,6 +84,11 @@ def parse_request(text: str, max_tokens: int) -> Request | ProtocolError:
     op = msg.get("op")
     if op == "ping":
         return Ping(req_id)
+    if op == "auth":
+        token = msg.get("token")
+        if not isinstance(token, str) or not token or len(token) > MAX_AUTH_TOKEN_CHARS:
+            return ProtocolError(ErrorCode.BAD_REQUEST, "token must be a non-empty string", req_id)
+        return Auth(token, req_id)
     if op not in ("subscribe", "unsubscribe"):
         if not isinstance(op, str):
             return ProtocolError(ErrorCode.BAD_REQUEST, "op must be a string", req_id)
@@ -74,6 +97,26 @@ def parse_request(text: str, max_tokens: int) -> Request | ProtocolError:
     if isinstance(tokens, ProtocolError):
         return tokens
     return Subscribe(tokens, req_id) if op == "subscribe" else Unsubscribe(tokens, req_id)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether `text` nests brackets deeper than MAX_DEPTH (outside strings).
+
+    Counting brackets first keeps the common case at C speed; only a frame
+    with many brackets gets the string-aware scan.
+    """
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for m in _NESTING.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif c in "]}":
+            depth -= 1
+    return False
 
 
 def _valid_id(req_id: object) -> bool:
@@ -160,9 +203,22 @@ def _reject_constant(name: str) -> None:
 
 
 def _is_json(payload: bytes) -> bool:
+    """Strict UTF-8 (no BOM, no encoded surrogates) holding one valid JSON value.
+
+    Only such a payload may be embedded verbatim: a text frame must be valid
+    UTF-8 JSON for every client. `json.loads(bytes)` alone would take UTF-16
+    and UTF-32 too, and a BOM, and Python's decoder is what rejects CESU-8's
+    encoded surrogates; anything else travels as base64.
+    """
     try:
-        json.loads(payload, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("\ufeff"):
+        return False
+    try:
+        json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
         return False
     return True
 

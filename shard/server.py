@@ -20,15 +20,17 @@ import grpc
 import redis
 from gevent import pywsgi
 
+from common.cli import host_port
 from common.metrics import CONTENT_TYPE, FastHistogram, exposition, make_registry
 from common.registry import Registry, now_ms
 from shard import metrics
+from shard.auth import AuthError, Grant, bearer_token, origin_allowed
 from shard.codes import Close
 from shard.config import ShardConfig
 from shard.drain import Drain
 from shard.grpc_control import ControlServicer
 from shard.grpc_control import add_to_server as add_control
-from shard.grpc_ingest import IngestServicer, add_to_server
+from shard.grpc_ingest import IngestSecretAuth, IngestServicer, add_to_server, bind
 from shard.hub import Hub
 from shard.ingest import IngestCore
 from shard.keepalive import Action, keepalive_action
@@ -53,6 +55,7 @@ class ShardServer:
         self.latency = FastHistogram()  # Kafka timestamp → frame written, seconds
         self.metrics = make_registry(lambda: metrics.collect(self))
         self.conns: dict[int, Connection] = {}
+        self.ip_conns: Counter[str] = Counter()  # open WebSocket connections per peer address
         self._ids = itertools.count(1)
         self.hub = Hub(pause=gevent.idle)
         self.core = IngestCore(self.hub, self._on_overflow, pause=gevent.idle, on_gap=self._on_gap)
@@ -86,6 +89,9 @@ class ShardServer:
                  int(cfg.grpc_min_ping_interval_s * 1000)),
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
+            # Ingest can push ticks to clients and control can drain them: every call shows the secret.
+            interceptors=[IngestSecretAuth(cfg.ingest_secret, self._grpc_rejected)]
+            if cfg.ingest_secret else [],
         )
 
     # -- lifecycle -------------------------------------------------------
@@ -97,13 +103,23 @@ class ShardServer:
         add_to_server(servicer, self.grpc_server)
         add_control(ControlServicer(self.cfg.shard_id, self.start_drain, lambda: len(self.conns)),
                     self.grpc_server)
-        self.grpc_server.add_insecure_port(f"{self.cfg.host}:{self.cfg.grpc_port}")
+        cfg = self.cfg
+        bind(self.grpc_server, host_port(cfg.grpc_host, cfg.grpc_port), cfg.grpc_tls_cert,
+             cfg.grpc_tls_key, cfg.grpc_tls_client_ca)
         self.grpc_server.start()
+        log.info("gRPC port on %s tls=%s mtls=%s secret=%s", host_port(cfg.grpc_host, cfg.grpc_port),
+                 bool(cfg.grpc_tls_cert), bool(cfg.grpc_tls_client_ca), bool(cfg.ingest_secret))
+        if not cfg.ingest_secret and not cfg.grpc_tls_client_ca:  # allowed on loopback only
+            log.warning("gRPC port unauthenticated: any local process can push ticks or drain this "
+                        "shard; set SHARDCAST_INGEST_SECRET")
         self.writer.start()
         self.ws_server.start()
         self._sweeper = gevent.spawn(self._keepalive_loop)
         self.watch.start()
         log.info("shard up ws=%s grpc=%s", self.cfg.ws_url, self.cfg.grpc_addr)
+
+    def _grpc_rejected(self) -> None:
+        self.counters["grpc_unauthenticated"] += 1
 
     def start_drain(self, window_s: float) -> Drain:
         """Refuse new clients, close current ones with 1012 over `window_s`, leave the registry.
@@ -138,11 +154,34 @@ class ShardServer:
         env = handler.environ
         if env.get("PATH_INFO") != WS_PATH:
             return True
-        if not self.accepting or len(self.conns) >= self.cfg.max_connections:
+        refusal = self._refusal(env)
+        if refusal is not None:
             self.counters["upgrades_refused"] += 1
-            env["shardcast.refused"] = True
+            env["shardcast.refused"] = refusal
             return True
         return False
+
+    def _refusal(self, env: dict) -> tuple[str, str] | None:
+        """Why an upgrade is refused — (HTTP status, error) — or None; cheapest checks first.
+
+        Refusing before the upgrade costs a client one HTTP answer instead of
+        a connection slot; a verified token's grant is left in `env`.
+        """
+        cfg = self.cfg
+        if not self.accepting or len(self.conns) >= cfg.max_connections:
+            return "503 Service Unavailable", "at capacity" if self.drain is None else "draining"
+        if self.ip_conns[env.get("REMOTE_ADDR", "")] >= cfg.max_connections_per_ip:
+            return "429 Too Many Requests", "too many connections from this address"
+        if not origin_allowed(env.get("HTTP_ORIGIN"), env.get("HTTP_HOST"), cfg.allowed_origins):
+            return "403 Forbidden", "origin not allowed"
+        token = bearer_token(env.get("HTTP_AUTHORIZATION"), env.get("QUERY_STRING"))
+        if cfg.verifier is not None and token is not None:
+            try:
+                env["shardcast.grant"] = cfg.verifier.verify(token, time.time())
+            except AuthError as exc:
+                self.counters["auth_failures"] += 1
+                return "401 Unauthorized", "token expired" if exc.expired else "invalid token"
+        return None
 
     def wsgi_app(self, environ, start_response):
         ws = environ.get("wsgi.websocket")
@@ -150,9 +189,10 @@ class ShardServer:
             self._serve_ws(ws)
             return []
         path = environ.get("PATH_INFO")
-        if environ.get("shardcast.refused"):
-            why = "at capacity" if self.drain is None else "draining"
-            return _json(start_response, "503 Service Unavailable", {"error": why})
+        refused = environ.get("shardcast.refused")
+        if refused is not None:
+            status, why = refused
+            return _json(start_response, status, {"error": why})
         if path == "/healthz":  # a draining shard fails it, so load balancers move on
             ok = self.writer.synced and self.drain is None
             return _json(start_response, "200 OK" if ok else "503 Service Unavailable",
@@ -178,11 +218,18 @@ class ShardServer:
         conn = Connection(self, ws, conn_id)
         ws.handler.sc_conn = conn
         self.conns[conn_id] = conn
+        ip = ws.environ.get("REMOTE_ADDR", "")
+        self.ip_conns[ip] += 1
         self.counters["connections_total"] += 1
         try:
+            grant: Grant | None = ws.environ.get("shardcast.grant")
+            conn.begin_auth(grant)
             conn.run()
         finally:
             del self.conns[conn_id]
+            self.ip_conns[ip] -= 1
+            if self.ip_conns[ip] <= 0:
+                del self.ip_conns[ip]
             self.watch.policy.closed()
             self.counters["frames_conflated"] += conn.box.conflations
 
@@ -264,6 +311,9 @@ class ShardServer:
             "frames_written": self.counters["frames_written"],
             "errors_sent": self.counters["errors_sent"],
             "upgrades_refused": self.counters["upgrades_refused"],
+            "auth_failures": self.counters["auth_failures"],  # bad tokens, at the upgrade or in a message
+            "auth_closed": self.counters["auth_closed"],  # closed at token expiry or the auth deadline
+            "grpc_unauthenticated": self.counters["grpc_unauthenticated"],  # refused internal calls
             "clients_idle_closed": self.counters["clients_idle_closed"],
             "connections_total": self.counters["connections_total"],
             "registry_synced": self.writer.synced,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import socket
 import struct
@@ -26,9 +27,11 @@ from geventwebsocket.exceptions import ProtocolError as WsProtocolError
 from geventwebsocket.handler import WebSocketHandler
 from geventwebsocket.websocket import Header, WebSocket
 
+from shard.auth import AuthError, Grant
 from shard.codes import Close, ErrorCode
 from shard.outbox import Outbox, frame_end
 from shard.protocol import (
+    Auth,
     Ping,
     ProtocolError,
     Subscribe,
@@ -141,10 +144,12 @@ class Connection:
     """Reader loop, on-demand writer greenlet and per-client limits of one WebSocket."""
 
     __slots__ = (
+        "auth_timer",
         "box",
         "bucket",
         "close_code",
         "close_reason",
+        "grant",
         "last_ping",
         "last_rx",
         "max_frame_bytes",
@@ -182,6 +187,8 @@ class Connection:
         self.close_reason = ""
         self.peer_gone = False
         self.wait_slice: gevent.Timeout | None = None  # made on the first wait for a full socket
+        self.grant: Grant | None = None  # with --auth jwt: what the client may subscribe to
+        self.auth_timer = None  # libev timer: auth deadline, then the token's expiry
 
     # -- lifecycle -------------------------------------------------------
     def run(self) -> None:
@@ -189,6 +196,8 @@ class Connection:
         try:
             self._read_loop()
         finally:
+            if self.auth_timer is not None:
+                self.auth_timer.close()
             self.server.hub.remove(self.box)
             if self.peer_gone:
                 if self.writer is not None:
@@ -237,6 +246,61 @@ class Connection:
             self.close_reason = reason
         self._wake()
 
+    # -- authentication (--auth jwt) --------------------------------------
+    def begin_auth(self, grant: Grant | None) -> None:
+        """Adopt the grant verified at the upgrade, or give the client --auth-timeout-s to send one."""
+        if self.server.cfg.auth != "jwt":
+            return
+        if grant is not None:
+            self._adopt(grant)
+        else:
+            self._arm(self.server.cfg.auth_timeout_s, Close.AUTH_TIMEOUT, "no valid token in time")
+
+    def _auth(self, req: Auth) -> None:
+        """Authenticate, or refresh: a new grant and expiry; subscriptions it does not cover are dropped.
+
+        A bad token closes the connection (4003, or 4011 when expired), also on a
+        refresh: keeping an old grant alive on a failed refresh would let a
+        client outlive a revoked one.
+        """
+        verifier = self.server.cfg.verifier
+        if verifier is None:
+            self._error(ProtocolError(ErrorCode.BAD_REQUEST, "authentication is off on this shard",
+                                      req.req_id))
+            return
+        try:
+            grant = verifier.verify(req.token, time.time())
+        except AuthError as exc:
+            self.server.counters["auth_failures"] += 1
+            reason = exc.reason.encode("ascii", "replace").decode()[:100]  # whole characters only
+            self.close(Close.TOKEN_EXPIRED if exc.expired else Close.AUTH_FAILED, reason)
+            return
+        dropped = self._adopt(grant)
+        if dropped:
+            self.push(_json_frame({"type": "unsubscribed", "tokens": list(dropped), "reason": "grant"}))
+        self.push(_json_frame({"type": "authenticated", "expires": int(grant.expires_at)}, req.req_id))
+
+    def _adopt(self, grant: Grant) -> tuple[str, ...]:
+        """Make `grant` the connection's; return the subscriptions it dropped (outside the grant)."""
+        self.grant = grant
+        self._arm(grant.expires_at - time.time(), Close.TOKEN_EXPIRED, "token expired")
+        dropped = grant.forbidden(sorted(self.box.tokens))
+        if dropped:
+            self.server.hub.unsubscribe(self.box, dropped)
+        return dropped
+
+    def _arm(self, delay_s: float, code: Close, reason: str) -> None:
+        """Close with `code` after `delay_s` unless re-armed (a libev timer: no greenlet per client)."""
+        if self.auth_timer is not None:
+            self.auth_timer.close()
+        self.auth_timer = gevent.get_hub().loop.timer(max(0.0, delay_s))
+        self.auth_timer.start(self._auth_deadline, code, reason)
+
+    def _auth_deadline(self, code: Close, reason: str) -> None:
+        if self.close_code is None:
+            self.server.counters["auth_closed"] += 1
+            self.close(code, reason)
+
     # -- reading ---------------------------------------------------------
     def _read_loop(self) -> None:
         while self.close_code is None:
@@ -277,6 +341,11 @@ class Connection:
             self._error(req)
         elif isinstance(req, Ping):
             self.push(ack_frame("pong", None, req.req_id))
+        elif isinstance(req, Auth):
+            self._auth(req)
+        elif self.grant is None and self.server.cfg.auth == "jwt":
+            self._error(ProtocolError(ErrorCode.UNAUTHENTICATED,
+                                      'send {"op":"auth","token":...} first', req.req_id))
         elif isinstance(req, Subscribe):
             self._subscribe(req)
         else:
@@ -284,6 +353,12 @@ class Connection:
             self.push(ack_frame("unsubscribed", req.tokens, req.req_id))
 
     def _subscribe(self, req: Subscribe) -> None:
+        """Subscribe to all of the request's tokens, or (on any refusal) to none of them."""
+        if self.grant is not None:
+            denied = self.grant.forbidden(req.tokens)
+            if denied:
+                self._forbidden(denied, req.req_id)
+                return
         limit = self.server.cfg.max_subscriptions_per_client
         new = [t for t in req.tokens if t not in self.box.tokens]
         if len(self.box.tokens) + len(new) > limit:
@@ -291,6 +366,11 @@ class Connection:
             self._error(ProtocolError(ErrorCode.TOO_MANY_TOKENS, msg, req.req_id))
             return
         hub = self.server.hub
+        fresh = sum(1 for t in new if t not in hub.subs)
+        if fresh and len(hub.subs) + fresh > self.server.cfg.max_shard_tokens:
+            msg = f"this shard carries its maximum of {self.server.cfg.max_shard_tokens} tokens"
+            self._error(ProtocolError(ErrorCode.CAPACITY, msg, req.req_id))
+            return
         hub.subscribe(self.box, new)
         for token in new:  # tokens the shard already carries: their last value at once
             frame = hub.snapshot(token)
@@ -304,6 +384,13 @@ class Connection:
     def _error(self, err: ProtocolError) -> None:
         self.server.counters["errors_sent"] += 1
         self.push(error_frame(err))
+
+    def _forbidden(self, denied: tuple[str, ...], req_id: int | str | None) -> None:
+        """The `forbidden` error, listing the tokens outside the grant (nothing was subscribed)."""
+        self.server.counters["errors_sent"] += 1
+        shown = ", ".join(denied[:10]) + (", ..." if len(denied) > 10 else "")
+        self.push(_json_frame({"type": "error", "code": str(ErrorCode.FORBIDDEN),
+                               "message": f"not granted: {shown}", "tokens": list(denied)}, req_id))
 
     # -- writing ---------------------------------------------------------
     def _write_now(self, frame: bytes, ts_ms: int) -> int:
@@ -462,6 +549,13 @@ class Connection:
             if not graceful:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
             self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _json_frame(doc: dict[str, object], req_id: int | str | None = None) -> bytes:
+    """A reply frame with fields beyond what shard.protocol's acks carry."""
+    if req_id is not None:
+        doc["id"] = req_id
+    return ws_frame(json.dumps(doc, separators=(",", ":")).encode())
 
 
 def _echoable(code: int) -> bool:

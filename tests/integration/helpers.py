@@ -118,3 +118,33 @@ def wait_for(check, timeout_s: float = 10, interval_s: float = 0.02, what: str =
 def registry(stack) -> Registry:
     """The test's own view of its namespace in the registry (Redis round trips, tests only)."""
     return Registry(redis.Redis.from_url(stack.c.redis_url), stack.c.namespace)
+
+
+def ws_client(url: str, timeout_s: float = 10, **options) -> WsClient:
+    """A WsClient whose upgrade carries websocket-client options (header=[…], origin=…)."""
+    client = WsClient.__new__(WsClient)
+    client.ws = websocket.create_connection(url, timeout=timeout_s, **options)
+    client.next_id = 0
+    return client
+
+
+def upgrade_status(url: str, **options) -> int:
+    """The HTTP status an upgrade gets: 101 when it succeeds (that connection is closed again)."""
+    try:
+        ws = websocket.create_connection(url, timeout=10, **options)
+    except websocket.WebSocketBadStatusException as exc:
+        return exc.status_code
+    ws.close()
+    return 101
+
+
+def close_code(client: WsClient, timeout_s: float = 15) -> int:
+    """Read (and drop) frames until the server's close frame; return its code."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        client.ws.settimeout(max(0.1, deadline - time.monotonic()))
+        op, frame = client.ws.recv_data_frame(True)
+        if op == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(frame.data[:2], "big")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no close frame within {timeout_s}s")

@@ -64,6 +64,9 @@ class Seen:
     duplicates: int = 0
     silent_gaps: int = 0  # ticks skipped with no resync or close to say so
     resyncs: int = 0
+    partition: int = -1
+    last_at: float = 0.0  # time.monotonic() of the last frame
+    max_pause_s: float = 0.0  # longest time between two frames since the last reset
 
 
 @dataclass
@@ -102,6 +105,11 @@ class Watcher:
         if kind not in ("tick", "snapshot"):
             return
         s = self.seen[doc["token"]]
+        now = time.monotonic()
+        if s.last_at:
+            s.max_pause_s = max(s.max_pause_s, now - s.last_at)
+        s.last_at = now
+        s.partition = doc.get("partition", -1)
         seq = doc["data"]["s"]
         if seq <= s.last:
             s.duplicates += 1
@@ -113,6 +121,10 @@ class Watcher:
         elif doc.get("resync"):
             s.resyncs += 1
         s.last = seq
+
+    def reset_pauses(self) -> None:
+        for s in self.seen.values():
+            s.max_pause_s = 0.0
 
     def holds(self, final: dict[str, int]) -> bool:
         """True once the client's value of every token is the final one produced."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -169,9 +170,10 @@ def test_publish_goes_through_kafka_to_subscribers(stack):
 
 
 def test_bearer_token_is_required_when_configured(stack):
-    """With --admin-token every call needs the token (health checks excepted), else UNAUTHENTICATED."""
+    """With an admin token every call needs it (health checks excepted), else UNAUTHENTICATED."""
     stack.shard("A")
-    d = stack.dispatcher("targeted", "--admin-token", "s3cret")
+    stack.c.env["SHARDCAST_ADMIN_TOKEN"] = "s3cret"  # from the environment, never argv
+    d = stack.dispatcher("targeted")
     assert _code(Admin(d.admin_target).stats) == grpc.StatusCode.UNAUTHENTICATED
     assert _code(Admin(d.admin_target, token="wrong").shards) == grpc.StatusCode.UNAUTHENTICATED
     assert _code(Admin(d.admin_target, token="wrong").drain, "A", 1.0) == grpc.StatusCode.UNAUTHENTICATED
@@ -217,22 +219,26 @@ def test_tls_admin_api_and_cli(stack, tmp_path):
                     "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     stack.shard("A")
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("tok\n")
     d = stack.dispatcher("targeted", "--admin-tls-cert", str(cert), "--admin-tls-key", str(key),
-                         "--admin-token", "tok")
+                         "--admin-token-file", str(token_file))
     creds = grpc.ssl_channel_credentials(cert.read_bytes())
     assert "A" in Admin(d.admin_target, token="tok", credentials=creds).shards()
     assert _code(Admin(d.admin_target, token="tok").stats) == grpc.StatusCode.UNAVAILABLE  # plaintext
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
+    def cli(*args: str, token: str = "tok") -> subprocess.CompletedProcess:
         cmd = python_cmd("-m", "dispatcher.admin", "--target", d.admin_target, "--tls-ca", str(cert),
                          *args)
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        env = {k: v for k, v in os.environ.items() if k != "SHARDCAST_ADMIN_TOKEN"}
+        env.update({"SHARDCAST_ADMIN_TOKEN": token} if token else {})
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
 
-    out = cli("--token", "tok", "shards")
+    out = cli("shards")
     assert out.returncode == 0 and out.stdout.splitlines()[1].split()[:2] == ["A", "live"], out
-    assert "records consumed" in cli("--token", "tok", "stats").stdout
-    looked = cli("--token", "tok", "--json", "lookup", "X-1")
+    assert "records consumed" in cli("stats").stdout
+    looked = cli("--json", "lookup", "X-1")
     assert json.loads(looked.stdout)["shard_ids"] == [], looked
-    assert cli("--token", "tok", "mode").stdout.strip() == "targeted"
-    denied = cli("shards")
+    assert cli("--token-file", str(token_file), "mode", token="").stdout.strip() == "targeted"
+    denied = cli("shards", token="")
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr

@@ -40,5 +40,6 @@ def test_quick_chaos_profile_loses_nothing_duplicates_nothing_leaves_nobody_stal
         assert r["duplicates"] == 0, (name, r)
         assert r["stale"] == 0, (name, r)
         assert r["recover_s"] is not None, (name, r)
+        assert not r["closes"], (name, r["closes"])  # told by resyncs, nobody had to be closed
     assert min(doc["faults"]["stream_reset"][0]["fault_info"]["sockets_killed"]) >= 6  # 2 dispatchers × 3
     assert "silently stale" in proc.stdout and "silently stale" in out.read_text()

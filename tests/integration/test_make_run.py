@@ -60,8 +60,10 @@ def _interrupt(run: subprocess.Popen) -> None:
     run.wait(60)
 
 
-def _watch_ticks(url: str) -> None:
-    client = WsClient(url)
+def _watch_ticks(url: str, banner: str) -> None:
+    """Subscribe with the demo token the banner prints (make run's shards run with --auth jwt)."""
+    token = re.search(r"demo token \(every token, 24 h\): (\S+)", banner).group(1)
+    client = WsClient(f"{url}?token={token}")
     client.subscribe("BTC-USD")
     doc = json.loads(client.ticks(3, timeout_s=30)[0])
     assert doc["token"] == "BTC-USD" and "price" in doc["data"]
@@ -76,7 +78,7 @@ def test_run_starts_everything_serves_live_ticks_and_ctrl_c_cleans_up(tmp_path):
         assert len(pids) == 7  # redis, kafka, 3 shards, dispatcher, producer
         urls = re.findall(r"shard WebSocket: (ws://\S+)", text)
         assert len(urls) == 3
-        _watch_ticks(urls[1])
+        _watch_ticks(urls[1], text)
         page = urllib.request.urlopen(urls[1].replace("ws://", "http://").removesuffix("ws")).read()
         assert b"<title>shardcast" in page  # the demo page each shard serves
         redis_url = re.search(r"redis=(redis://\S+)", text).group(1)
@@ -96,7 +98,7 @@ def test_run_against_existing_kafka_and_redis_leaves_no_registry_entries(tmp_pat
     try:
         pids = [int(p) for p in re.findall(r"pid=(\d+)", text)]
         assert len(pids) == 5  # 3 shards, dispatcher, producer: no servers of its own
-        _watch_ticks(re.findall(r"shard WebSocket: (ws://\S+)", text)[0])
+        _watch_ticks(re.findall(r"shard WebSocket: (ws://\S+)", text)[0], text)
         r = redis.Redis.from_url(redis_server.url)
         assert r.scard("shardcast:shards") == 3
     finally:

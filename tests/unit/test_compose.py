@@ -40,10 +40,19 @@ def _ours(spec: dict) -> dict[str, dict]:
     return {name: s for name, s in spec["services"].items() if s.get("image") == "shardcast:dev"}
 
 
+REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")  # ${VAR:?message}: compose refuses to start without VAR
+
+
 def _env(service: dict) -> dict[str, str]:
-    """Compose interpolation of ${VAR:-default} with VAR unset."""
+    """Compose interpolation: ${VAR:-default} with VAR unset, ${VAR:?msg} with VAR set by the operator."""
     env = service.get("environment") or {}
-    return {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+    out = {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+    return {k: REQUIRED.sub(lambda m: _operator_value(m[1]), v) for k, v in out.items()}
+
+
+def _operator_value(name: str) -> str:
+    """What an operator would set for a required variable (long enough for any secret's minimum)."""
+    return f"{name.lower()}-set-by-the-operator-{'x' * 32}"
 
 
 def _known_env(module: str, capsys) -> set[str]:
@@ -92,7 +101,8 @@ def test_dispatchers_share_a_group_and_reach_kafka_and_redis(spec, monkeypatch):
     for c in cfgs:
         assert urlparse(c.redis_url).hostname in services
         assert c.admin_token and c.admin_host == "0.0.0.0"  # beyond loopback only with a token
-    assert f"8790:{cfgs[0].admin_port}" in services["dispatcher-1"]["ports"]
+        assert urlparse(c.redis_url).username == "shardcast" and c.ingest_secret
+    assert services["dispatcher-1"]["ports"] == [f"127.0.0.1:8790:{cfgs[0].admin_port}"]
 
 
 def test_ports_agree_across_nginx_prometheus_and_health_checks(spec, monkeypatch):
@@ -146,3 +156,35 @@ def test_dependencies_image_and_make_targets_are_consistent(spec):
     makefile = (ROOT / "Makefile").read_text()
     for target in ("compose-up", "compose-down"):
         assert re.search(rf"^{target}:.*\n\t.*compose/docker-compose.yml", makefile, re.M), target
+
+
+def test_no_default_secrets_and_the_shard_grpc_port_is_never_published(spec, monkeypatch):
+    """Secrets have no defaults (compose refuses to start), shards and dispatchers share the ingest
+    secret, the shards' gRPC port is published nowhere, and the admin API only on the host's loopback."""
+    text = (COMPOSE / "docker-compose.yml").read_text()
+    secrets = ("SHARDCAST_ADMIN_TOKEN", "SHARDCAST_INGEST_SECRET", "SHARDCAST_REDIS_PASSWORD")
+    assert "change-me" not in text
+    for name in secrets:
+        assert re.search(rf"\$\{{{name}:-", text) is None, f"{name} has a default"
+        assert f"${{{name}:?" in text, f"{name} is not required"
+    ours = _ours(spec)
+    shards = {n: _config(n, s, monkeypatch) for n, s in ours.items() if n.startswith("shard-")}
+    dispatchers = [_config(n, s, monkeypatch) for n, s in ours.items() if n.startswith("dispatcher-")]
+    shared = {c.ingest_secret for c in (*shards.values(), *dispatchers)}
+    assert shared == {_operator_value("SHARDCAST_INGEST_SECRET")}
+    grpc_ports = {str(c.grpc_port) for c in shards.values()}
+    for name, service in spec["services"].items():
+        published = [str(p).split(":")[-1] for p in service.get("ports") or []]
+        assert not grpc_ports & set(published), f"{name} publishes a shard gRPC port"
+        assert all(str(p).count(":") == 2 for p in service.get("ports") or [] if "8790" in str(p))
+    assert all(not s.get("ports") for n, s in ours.items() if n.startswith("shard-"))
+
+
+def test_redis_runs_with_an_acl_user_and_the_default_user_off(spec):
+    """Redis gets the `shardcast` ACL user (its namespace only, no dangerous commands), no default user."""
+    redis = spec["services"]["redis"]
+    script = " ".join(redis["command"])
+    assert "user default off" in script and "--aclfile" in script
+    assert "user shardcast on >%s ~shardcast:* &shardcast:* +@all -@dangerous" in script
+    assert "$$SHARDCAST_REDIS_PASSWORD" in script  # from the environment, never a literal
+    assert "--user shardcast" in " ".join(redis["healthcheck"]["test"])

@@ -32,9 +32,10 @@ def test_shard_config_validates_relations():
 
 
 def test_shard_advertises_bind_host_by_default():
-    """The registry gets the bind host unless an advertise host is given."""
-    cfg = shard_args(["--id", "s9", "--host", "127.0.0.2", "--grpc-port", "9999"])
-    assert cfg.grpc_addr == "127.0.0.2:9999" and cfg.ws_url == "ws://127.0.0.2:8701/ws"
+    """The registry gets each port's bind host unless an advertise host is given."""
+    cfg = shard_args(["--id", "s9", "--host", "127.0.0.2", "--grpc-host", "127.0.0.3", "--grpc-port", "9999"])
+    assert cfg.grpc_addr == "127.0.0.3:9999" and cfg.ws_url == "ws://127.0.0.2:8701/ws"
+    assert shard_args(["--grpc-host", "::1", "--grpc-port", "9999"]).grpc_addr == "[::1]:9999"
     assert shard_args(["--advertise-host", "shard9.local"]).grpc_addr.startswith("shard9.local:")
 
 
@@ -54,12 +55,14 @@ def test_free_port_never_repeats():
     assert len(set(ports)) == 200
 
 
-def test_admin_api_beyond_loopback_requires_a_token():
-    """Binding the admin API to a non-loopback address without --admin-token is refused."""
+def test_admin_api_beyond_loopback_requires_a_token(monkeypatch):
+    """Binding the admin API to a non-loopback address without an admin token is refused."""
     with pytest.raises(SystemExit):
-        dispatcher_args(["--admin-host", "0.0.0.0"])
-    cfg = dispatcher_args(["--admin-host", "0.0.0.0", "--admin-token", "t0k"])
+        dispatcher_args(["--admin-host", "0.0.0.0", "--admin-insecure"])
+    monkeypatch.setenv("SHARDCAST_ADMIN_TOKEN", "t0k")
+    cfg = dispatcher_args(["--admin-host", "0.0.0.0", "--admin-insecure"])
     assert cfg.admin_host == "0.0.0.0" and "t0k" not in repr(cfg)  # the secret stays out of logs
+    monkeypatch.delenv("SHARDCAST_ADMIN_TOKEN")
     assert dispatcher_args(["--admin-host", "::1"]).admin_token == ""
     with pytest.raises(SystemExit):
         dispatcher_args(["--admin-tls-cert", "c.pem"])  # a cert needs its key
