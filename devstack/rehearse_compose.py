@@ -36,6 +36,7 @@ import yaml
 from devstack.kafka_server import KafkaServer
 from devstack.procs import ROOT, free_port, http_json, python_cmd, spawn, stop, wait_until
 from devstack.redis_server import RedisServer
+from shard.token import issue
 
 log = logging.getLogger("rehearse")
 COMPOSE = ROOT / "compose"
@@ -136,7 +137,9 @@ class Rehearsal:
 
     # -- checks ------------------------------------------------------------
     def check_lb_and_drain(self) -> dict:
-        url = f"ws://127.0.0.1:{self.lb_port}/ws"
+        # compose's shards run with --auth jwt: clients carry a token signed with the made-up secret.
+        token = issue(self.secrets["SHARDCAST_JWT_SECRET"], ["*"], 3600)
+        url = f"ws://127.0.0.1:{self.lb_port}/ws?token={token}"
         closes: list = []
         got = [0] * CLIENTS
         threads = [threading.Thread(target=_client, args=(url, i, got, closes), daemon=True)
@@ -185,7 +188,7 @@ def _client(url: str, i: int, got: list, closes: list) -> None:
     """Subscribe through the load balancer; on 1012 reconnect after a jittered pause, as clients should."""
     while True:
         try:
-            ws = websocket.create_connection(url, timeout=30)
+            ws = websocket.create_connection(url, timeout=30, suppress_origin=True)
             ws.send(json.dumps({"op": "subscribe", "tokens": ["BTC-USD", "ETH-USD"]}))
             while True:
                 op, frame = ws.recv_data_frame(True)
