@@ -122,6 +122,9 @@ class ShardSender:
                 code = exc.code() if hasattr(exc, "code") else None
                 self.stream_failures += 1
                 log.warning("stream to %s failed: %s", self.info.shard_id, code)
+            except Exception:  # e.g. an unreadable certificate: retry, never end the sender
+                self.stream_failures += 1
+                log.exception("stream to %s failed", self.info.shard_id)
             finally:
                 requeued = self.queue.close_stream()
                 if requeued:
