@@ -108,12 +108,13 @@ def redact_url(url: str) -> str:
 
 
 def redis_url(parser: argparse.ArgumentParser, flag_value: str, path: str, env: str) -> str:
-    """The Redis URL from `--redis-url-file`, else the flag or $env; warn if argv carried a password."""
+    """The Redis URL from `--redis-url-file`, else the flag or $env; a password on argv is refused
+    (every local user sees argv in `ps`), like every other secret."""
     if path:
         return secret(parser, path, env)
     if url_has_password(flag_value) and flag_value != os.environ.get(env):
-        log.warning("--redis-url on the command line carries a password, visible to every local "
-                    "user (ps): set %s or use --redis-url-file", env)
+        parser.error(f"--redis-url on the command line carries a password, visible to every local "
+                     f"user (ps): set {env} or use --redis-url-file")
     return flag_value
 
 

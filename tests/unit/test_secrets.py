@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from common.cli import host_port, redact_url, url_has_password
@@ -57,16 +55,15 @@ def test_secrets_are_read_from_env_or_files(tmp_path, monkeypatch):
         dispatcher_args(["--admin-token-file", str(tmp_path / "missing")])
 
 
-def test_redis_url_with_a_password_on_argv_is_warned_about(caplog):
-    """A Redis URL carrying a password on argv works but logs a warning naming the safe ways."""
-    with caplog.at_level(logging.WARNING):
-        cfg = shard_args(["--redis-url", "redis://shardcast:pw@127.0.0.1:6379/0"])
-    assert cfg.redis_url.endswith("@127.0.0.1:6379/0")
-    assert "SHARDCAST_REDIS_URL" in caplog.text and "--redis-url-file" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):
-        shard_args(["--redis-url", "redis://127.0.0.1:6379/0"])
-    assert caplog.text == ""
+def test_redis_url_with_a_password_on_argv_is_refused(capsys, monkeypatch):
+    """A Redis URL carrying a password on argv is an error naming the safe ways; env and no password pass."""
+    with pytest.raises(SystemExit):
+        shard_args(["--redis-url", "redis://shardcast:pw@127.0.0.1:6379/0"])
+    err = capsys.readouterr().err
+    assert "SHARDCAST_REDIS_URL" in err and "--redis-url-file" in err
+    assert shard_args(["--redis-url", "redis://127.0.0.1:6379/0"]).redis_url == "redis://127.0.0.1:6379/0"
+    monkeypatch.setenv("SHARDCAST_REDIS_URL", "redis://shardcast:pw@127.0.0.1:6379/0")
+    assert shard_args([]).redis_url.endswith("@127.0.0.1:6379/0")
     assert url_has_password("rediss://u:p@h:1/0") and not url_has_password("redis://u@h:1/0")
     assert redact_url("rediss://u:p4ss@h:1/0") == "rediss://u:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
