@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import deque
@@ -39,14 +35,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from kafka import KafkaProducer
-
 from bench import chaos_faults as faults
+from bench.chaos_load import FleetGroup, TickProducer
+from bench.chaos_report import render, row, write_outputs
 from bench.run import machine, raise_fd_limit
-from bench.workload import tick_payload, token_name
-from common.tables import table
+from bench.workload import token_name
 from devstack.kafka_server import KafkaServer
-from devstack.procs import ROOT, free_port
+from devstack.procs import free_port
 from devstack.redis_server import RedisServer
 from devstack.stack import Common, DispatcherProc, ShardProc, start_dispatcher, start_shard, stop_all
 
@@ -54,7 +49,6 @@ CATCH_UP_S = 0.5  # "latest value" during recovery: what the producer had writte
 HOLD_S = 2.0  # recovered only if it stays caught up this long
 POLL_S = 0.1
 FINAL_WAIT_S = 1.0
-RESULTS_BEGIN, RESULTS_END = "<!-- chaos-results:begin -->", "<!-- chaos-results:end -->"
 FAULTS = ["stream_reset", "redis_restart", "shard_pause", "dispatcher_kill", "kafka_restart",
           "slow_client", "shard_kill", "storm"]
 QUICK_FAULTS = ["stream_reset", "redis_restart", "shard_pause"]
@@ -87,182 +81,6 @@ class Profile:
 QUICK = replace(Profile(), clients=240, fleet_procs=1, tokens=100, rate=100.0, storm_clients=1_200,
                 storm_fleet_procs=2, storm_tokens=300, warmup_s=2.0, recover_cap_s=30.0,
                 stream_resets=3, redis_down_s=6.0)
-
-
-class TickProducer:
-    """Writes ticks round-robin over the tokens at a fixed rate, from a thread.
-
-    Idempotent (a retry after a broker crash writes no second copy), with
-    delivery timeouts far above a broker outage, so every sequence number
-    reaches Kafka exactly once and a gap at a client is never the producer's.
-    `snapshot()` is the newest sequence number *written* of each token: what a
-    client can be expected to hold a moment later (a write still in the
-    producer's buffer while Kafka is down counts: it is delivered once Kafka
-    is back, and until then clients are not up to date).
-    """
-
-    def __init__(self, bootstrap: str, topic: str, tokens: list[str], rate: float,
-                 pad_bytes: int = 60) -> None:
-        self.kp = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=2, delivery_timeout_ms=300_000, request_timeout_ms=10_000,
-                                max_block_ms=120_000, reconnect_backoff_max_ms=500)
-        self.topic, self.tokens, self.rate = topic, tokens, rate
-        self.seq = dict.fromkeys(tokens, 0)
-        self.sent = self.errors = 0
-        self._go = threading.Event()
-        self._idle = threading.Event()
-        self._quit = False
-        self._pad = "0" * pad_bytes
-        self._thread = threading.Thread(target=self._loop, name="producer", daemon=True)
-
-    def start(self) -> TickProducer:
-        self._go.set()
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        i, n, start = 0, 0, time.monotonic()
-        while not self._quit:
-            if not self._go.is_set():
-                self._idle.set()
-                self._go.wait(0.2)
-                continue
-            due = int((time.monotonic() - start) * self.rate)
-            while n < due and self._go.is_set():
-                self._send(self.tokens[i])
-                i, n = (i + 1) % len(self.tokens), n + 1
-            time.sleep(0.005)
-
-    def _send(self, token: str) -> None:
-        seq = self.seq[token] = self.seq[token] + 1
-        fut = self.kp.send(self.topic, key=token.encode(), value=tick_payload(seq, int(time.time() * 1e6),
-                                                                               self._pad))
-        fut.add_errback(self._failed)
-        self.sent += 1
-
-    def _failed(self, _exc: Exception) -> None:
-        self.errors += 1
-
-    def snapshot(self) -> dict[str, int]:
-        return dict(self.seq)
-
-    def write_final(self) -> tuple[dict[str, int], float]:
-        """Stop the steady stream; write one more value of every token; return them, and when Kafka
-        had acknowledged them all."""
-        self._go.clear()
-        self._idle.wait(30)
-        for token in self.tokens:
-            self._send(token)
-        self.kp.flush(120)
-        return dict(self.seq), time.time()
-
-    def close(self) -> None:
-        self._quit = True
-        self._go.set()
-        self._thread.join(5)
-        with contextlib.suppress(Exception):
-            self.kp.close(5)
-
-
-class FleetGroup:
-    """The chaos fleet processes: commands out on stdin, status and check answers in on stdout."""
-
-    def __init__(self, urls: list[str], clients: int, procs: int, tokens: int, subs: int,
-                 workdir: Path, slow: bool = False) -> None:
-        self.procs: list[subprocess.Popen] = []
-        self.outs: list[Path] = []
-        self.status: list[dict] = []
-        self.replies: dict[int, list[dict]] = {}
-        self._cv = threading.Condition()
-        self._next_check = 0
-        per = -(-clients // procs)
-        for p in range(procs):
-            first, count = p * per, min(per, clients - p * per)
-            out = workdir / f"chaos-fleet-{p}.json"
-            cmd = [sys.executable, "-m", "bench.chaos_fleet", "--urls", ",".join(urls), "--first", str(first),
-                   "--count", str(count), "--tokens", str(tokens), "--subs", str(subs), "--out", str(out)]
-            if slow and p == 0:
-                cmd.append("--slow")
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                    stderr=open(workdir / f"chaos-fleet-{p}.log", "ab"),  # noqa: SIM115
-                                    start_new_session=True)
-            self.procs.append(proc)
-            self.outs.append(out)
-            self.status.append({})
-            threading.Thread(target=self._read, args=(p,), daemon=True).start()
-
-    def _read(self, i: int) -> None:
-        for line in self.procs[i].stdout:
-            with contextlib.suppress(ValueError):
-                doc = json.loads(line)
-                if "check" in doc:
-                    with self._cv:
-                        self.replies.setdefault(doc["check"], []).append(doc)
-                        self._cv.notify_all()
-                else:
-                    self.status[i] = doc
-
-    def total(self, key: str) -> int:
-        return sum(s.get(key, 0) for s in self.status)
-
-    def tell(self, line: str) -> None:
-        for p in self.procs:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                p.stdin.write(line + "\n")
-                p.stdin.flush()
-
-    def check(self, target: dict[str, int], since: float = 0.0, timeout_s: float = 10) -> dict[str, int]:
-        """Summed over the processes: clients lagging behind `target`, not ready, frames received."""
-        with self._cv:
-            cid = self._next_check = self._next_check + 1
-        self.tell(f"check {cid} {since} {json.dumps(target, separators=(',', ':'))}")
-        with self._cv:
-            self._cv.wait_for(lambda: len(self.replies.get(cid, [])) >= len(self.procs), timeout_s)
-            got = self.replies.pop(cid, [])
-        if len(got) < len(self.procs):
-            raise TimeoutError(f"fleet check {cid}: {len(got)}/{len(self.procs)} answers")
-        return {k: sum(r[k] for r in got) for k in ("lagging", "lagging_closed", "not_ready", "frames")}
-
-    def wait_ready(self, clients: int, timeout_s: float) -> float:
-        start = time.monotonic()
-        while self.total("ready") < clients:
-            if time.monotonic() - start > timeout_s:
-                raise TimeoutError(f"fleet ramp: {self.total('ready')}/{clients} subscribed")
-            if any(p.poll() is not None for p in self.procs):
-                raise RuntimeError("a fleet process exited during the ramp")
-            time.sleep(0.2)
-        return time.monotonic() - start
-
-    def finish(self, timeout_s: float = 30) -> dict:
-        """Stop the processes; their result documents summed (the slow client's result kept)."""
-        self.tell("stop")
-        docs = []
-        for p, out in zip(self.procs, self.outs, strict=True):
-            p.wait(timeout_s)
-            docs.append(json.loads(out.read_text()))
-        return merge_results(docs)
-
-    def kill(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(5)
-
-
-def merge_results(docs: list[dict]) -> dict:
-    """Sum the fleet processes' counters; dicts of counters are summed key by key."""
-    out: dict = {"slow": next((d["slow"] for d in docs if d.get("slow")), None)}
-    for d in docs:
-        for k, v in d.items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                out[k] = out.get(k, 0) + v
-            elif isinstance(v, list):
-                out[k] = out.get(k, []) + v
-            elif isinstance(v, dict) and k != "slow":
-                acc = out.setdefault(k, {})
-                for kk, vv in v.items():
-                    acc[kk] = acc.get(kk, 0) + vv
-    return out
 
 
 class Infra:
@@ -537,36 +355,6 @@ def run_fault(name: str, pf: Profile, infra: Infra, rep: int) -> dict:
     return row(name, rep, ld.clients, ramp_s, pre, injected, rec, fin, res, producer, time.time() - started)
 
 
-def row(name, rep, clients, ramp_s, pre, injected, rec, fin, res, producer, wall_s) -> dict:
-    """Everything one run measured, flat enough to take medians of."""
-    slow = res.get("slow") or {}
-    note = injected.note
-    if name == "slow_client":
-        info = injected.info
-        note = (f"slow client closed with {slow.get('close_code') or 'no close frame'}"
-                + (f" after {info['dropped_after_s']} s" if info["dropped_by_shard"]
-                   else f", not dropped in {info['waited_s']:g} s"))
-    elif name == "kafka_restart":
-        note += f"; first tick {rec['first_frame_s']} s after accepting"
-    elif name == "storm":
-        note = f"{clients} clients; all resubscribed in {rec['all_subscribed_s']} s"
-    return {
-        "fault": name, "rep": rep, "clients": clients, "ramp_s": round(ramp_s, 2),
-        "lost_ok": res.get("lost_ok", 0), "lost_failed": res.get("lost_failed", 0),
-        "duplicates": res.get("dups_ok", 0) + res.get("dups_failed", 0),
-        "dup_snapshots": res.get("dup_snapshots", 0),
-        "stale": fin["stale"], **{k: v for k, v in fin.items() if k != "stale"},
-        **rec, "resyncs": res.get("resyncs", 0), "closes": res.get("closes", {}),
-        "drops": res.get("drops", 0), "reconnects": res.get("reconnects", 0),
-        "handshake_failures": res.get("handshake_failures", {}), "frames": res.get("frames", 0),
-        "unparsed": res.get("unparsed", 0), "errors": res.get("errors", {}), "pre_fault": pre,
-        "slow": res.get("slow"),
-        "samples": res.get("samples", []),
-        "producer": {"records": producer.sent, "errors": producer.errors},
-        "fault_info": injected.info, "note": note, "wall_s": round(wall_s, 1),
-    }
-
-
 def _run_logged(name: str, pf: Profile, infra: Infra, rep: int, reps: int) -> dict:
     """One run, its one-line summary printed; a run that breaks is reported, the others still run."""
     try:
@@ -578,63 +366,6 @@ def _run_logged(name: str, pf: Profile, infra: Infra, rep: int, reps: int) -> di
           f"dups {r['duplicates']}, stale {r['stale']}, recovered in {r['recover_s']} s; {r['note']} "
           f"({r['wall_s']} s)", flush=True)
     return r
-
-
-def _median(values: list) -> float | None:
-    vals = [v for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _cell(values: list[int | float]) -> str:
-    """Median, and the worst repetition when it differs (one bad run is a bug, not noise)."""
-    med, worst = _median(values), max(values)
-    text = f"{med:g}"
-    return text if worst == med else f"{text} (max {worst:g})"
-
-
-def render(results: dict[str, list[dict]], cap_s: float) -> str:
-    headers = ["fault", "lost: never-failed (must be 0)", "lost: failed component", "duplicates (must be 0)",
-               "silently stale (must be 0)", "time to recover", "told: resync / close frame / dropped",
-               "notes"]
-    rows = []
-    for name, all_runs in results.items():
-        runs = [r for r in all_runs if "error" not in r]
-        if not runs:
-            rows.append([name, "-", "-", "-", "-", "-", "-", f"ERROR {all_runs[-1]['error'][:80]}"])
-            continue
-        rec = [r["recover_s"] for r in runs]
-        rec_cell = (f"{_median(rec):.1f} s" if None not in rec else
-                    f"> {cap_s:g} s" if all(v is None for v in rec) else
-                    f"{_median(rec):.1f} s ({rec.count(None)} not recovered)")
-        relapses = sum(r["relapses"] for r in runs)
-        if relapses:
-            rec_cell += f", fell behind again ×{relapses}"
-        told = " / ".join(f"{_median(v):g}" for v in ([r["resyncs"] for r in runs],
-                                                     [sum(r["closes"].values()) for r in runs],
-                                                     [r["drops"] for r in runs]))
-        rows.append([name, _cell([r["lost_ok"] for r in runs]), _cell([r["lost_failed"] for r in runs]),
-                     _cell([r["duplicates"] for r in runs]), _cell([r["stale"] for r in runs]), rec_cell,
-                     told, runs[-1]["note"] + (f"; {len(all_runs) - len(runs)} runs failed"
-                                               if len(runs) < len(all_runs) else "")])
-    return table(headers, rows)
-
-
-def write_outputs(doc: dict, text: str, out_md: Path | None) -> Path:
-    """JSON next to the markdown (or under .run/chaos/); the markdown's results block filled."""
-    if out_md is None:
-        path = ROOT / ".run" / "chaos" / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    else:
-        path = out_md.with_suffix(".json")
-        block = f"{RESULTS_BEGIN}\n```\n{text}\n```\n{RESULTS_END}"
-        if out_md.exists() and RESULTS_BEGIN in (md := out_md.read_text()) and RESULTS_END in md:
-            head, rest = md.split(RESULTS_BEGIN, 1)
-            out_md.write_text(head + block + rest.split(RESULTS_END, 1)[1])
-        elif not out_md.exists():
-            out_md.parent.mkdir(parents=True, exist_ok=True)
-            out_md.write_text(f"# chaos results\n\n{block}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2))
-    return path
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
