@@ -252,7 +252,7 @@ class SlowClient:
         sock.settimeout(10)
         try:
             sock.connect((self.url.hostname, self.url.port))
-            ws = handshake(sock, self.url.hostname, self.url.port, self.url.path)
+            ws = RawWs.over(sock, self.url.hostname, self.url.port, self.url.path)
         except (OSError, HandshakeError) as exc:
             self.result["error"] = repr(exc)
             return
@@ -272,25 +272,6 @@ class SlowClient:
             self.result["error"] = repr(exc)
         self.result["read_s"] = round(time.monotonic() - started, 3)
         ws.close()
-
-
-def handshake(sock: socket.socket, host: str, port: int, path: str) -> RawWs:
-    """Upgrade an already connected socket (RawWs connects by itself, without socket options)."""
-    sock.sendall(b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                 % (path.encode(), host.encode(), port))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise HandshakeError(0)
-        head += chunk
-    if int(head.split(b" ", 2)[1]) != 101:
-        raise HandshakeError(int(head.split(b" ", 2)[1]))
-    sock.settimeout(None)
-    ws = RawWs.__new__(RawWs)
-    ws.sock, ws.buf, ws.closed = sock, bytearray(head.split(b"\r\n\r\n", 1)[1]), False
-    return ws
 
 
 def build(a: argparse.Namespace) -> tuple[Fleet, SlowClient | None]:

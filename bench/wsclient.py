@@ -29,22 +29,32 @@ class RawWs:
     def __init__(self, host: str, port: int, path: str = "/ws", timeout_s: float = 30) -> None:
         sock = socket.create_connection((host, port), timeout=timeout_s)
         try:
-            key = base64.b64encode(os.urandom(16))
-            sock.sendall(b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                         b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                         % (path.encode(), host.encode(), port, key))
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise HandshakeError(0)
-                head += chunk
-            status = int(head.split(b" ", 2)[1])
-            if status != 101:
-                raise HandshakeError(status)
+            self._upgrade(sock, host, port, path)
         except BaseException:
             sock.close()
             raise
+
+    @classmethod
+    def over(cls, sock: socket.socket, host: str, port: int, path: str = "/ws") -> RawWs:
+        """Upgrade an already connected socket (one made with socket options of its own)."""
+        ws = cls.__new__(cls)
+        ws._upgrade(sock, host, port, path)
+        return ws
+
+    def _upgrade(self, sock: socket.socket, host: str, port: int, path: str) -> None:
+        key = base64.b64encode(os.urandom(16))
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     % (path.encode(), host.encode(), port, key))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise HandshakeError(0)
+            head += chunk
+        status = int(head.split(b" ", 2)[1])
+        if status != 101:
+            raise HandshakeError(status)
         sock.settimeout(None)
         self.sock = sock
         self.buf = bytearray(head.split(b"\r\n\r\n", 1)[1])
