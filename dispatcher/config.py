@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
       positive(float))
     f("grpc-keepalive-s", "SHARDCAST_GRPC_KEEPALIVE_S", 10.0,
       "HTTP/2 keepalive ping period on shard streams; shards must permit it "
-      "(their --grpc-min-ping-interval-s must not exceed it)", positive(float))
+      "(their --grpc-min-ping-interval-s must be at most half of it)", positive(float))
     f("grpc-keepalive-timeout-s", "SHARDCAST_GRPC_KEEPALIVE_TIMEOUT_S", 5.0,
       "a shard stream whose keepalive ping gets no answer this long is reset", positive(float))
     f("stream-ping-s", "SHARDCAST_STREAM_PING_S", 1.0,

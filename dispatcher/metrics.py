@@ -65,8 +65,8 @@ def _per_shard(d: Dispatcher) -> Iterator[Metric]:
     per = lambda key: {sid: float(s[key]) for sid, s in stats.items()}  # noqa: E731
     yield labelled(CounterMetricFamily, P + "shard_records_offered", "records queued for each shard",
                    "shard", per("records_offered"))
-    yield labelled(CounterMetricFamily, P + "shard_records_sent", "records sent on each shard's stream",
-                   "shard", per("records_sent"))
+    yield labelled(CounterMetricFamily, P + "shard_records_sent",
+                   "records sent on each shard's stream (resends included)", "shard", per("records_sent"))
     yield labelled(CounterMetricFamily, P + "shard_records_dropped",
                    "records dropped by each shard's full queue", "shard", per("records_dropped"))
     yield labelled(CounterMetricFamily, P + "shard_records_resent",

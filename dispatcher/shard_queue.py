@@ -50,8 +50,8 @@ class ShardQueue:
         self.last_ack_s = 0.0  # clock() of the shard's last ack or stream grant: proof of life
         self.dropped = 0
         self.offered = 0
-        self.sent_records = 0
-        self.resent_records = 0  # put back by a dead stream, sent again on the next
+        self.sent_records = 0  # every send, resends included: a counter only grows
+        self.resent_records = 0  # put back by a dead stream, to be sent again on the next
         self.resyncs = 0  # latest values sent because records of their token were dropped
         self.gaps = 0  # gap markers sent: records dropped, no value known
         self.closed = False
@@ -103,7 +103,6 @@ class ShardQueue:
                 requeued += len(batch)
             self._in_flight_records = 0
             self.resent_records += requeued
-            self.sent_records -= requeued
             self._cond.notify_all()
             return requeued
 

@@ -52,6 +52,7 @@ def test_unacked_batches_are_resent_in_order_on_the_next_stream():
     got = q.take(10, 0.01, q.epoch)
     assert got[0] == 1 and _payloads(got) == [b"2", b"3", b"4", b"5", b"6"]
     assert q.resent_records == 2 and q.dropped == 0
+    assert q.sent_records == 4 + 5  # a counter: the resent records count again, nothing is taken back
 
 
 def test_unacked_records_count_toward_the_bound():
