@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 
 from devstack.procs import free_port
 from devstack.redis_server import RedisServer
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import WsClient, produce, producer, wait_for
 from tests.integration.seqcheck import TickFeed, Watcher
 
 pytestmark = pytest.mark.integration
@@ -150,3 +151,42 @@ def test_dispatcher_failover_replays_without_duplicates(stack):
           f"{sorted(survivor)} paused at most {own:.2f}s")
     _settle(feed, [w])
     assert _clean(w)["resyncs"] == 0
+
+
+def test_dropped_records_with_no_value_to_resync_close_their_clients_4010(stack):
+    """Records dropped for a frozen shard: a token whose latest value the dispatcher still has is
+    resynced; one it has forgotten (--last-values-max 1) gets a gap marker, and its subscribers 4010."""
+    a = stack.shard("A", "--ingest-window", "1", "--heartbeat-ttl-s", "60")
+    d = stack.dispatcher("targeted", "--max-poll-records", "100", "--shard-queue-records", "200",
+                         "--last-values-max", "1")
+    clients = {t: WsClient(a.ws_url) for t in ("GAP-1", "GAP-2")}
+    for token, client in clients.items():
+        client.subscribe(token)
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        produce(producer(stack.kafka.bootstrap), stack.c.topic,
+                [(f"GAP-{1 + i % 2}", b'{"s":%d}' % i) for i in range(1000)])
+        wait_for(lambda: d.stats()["shards"]["A"]["records_dropped"] > 0, what="A's queue overflowing")
+        wait_for(lambda: d.stats()["records_consumed"] == 1000, what="all consumed")
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    final = {"GAP-1": 998, "GAP-2": 999}
+    outcomes = {t: _until_resync_or_close(c) for t, c in clients.items()}
+    # Which token the one-entry last-value map still holds depends on the poll order.
+    assert sorted(o[0] for o in outcomes.values()) == ["closed with 4010", "resync"], outcomes
+    for token, (what, value) in outcomes.items():
+        assert what == "closed with 4010" or value == final[token], outcomes
+    st = d.stats()["shards"]["A"]
+    assert st["gaps_sent"] == 1 and st["resyncs_sent"] == 1
+    wait_for(lambda: a.stats()["gaps_closed"] == 1, what="the shard counted the close")
+
+
+def _until_resync_or_close(client: WsClient) -> tuple[str, int]:
+    """Read ticks until a resync snapshot (its value) or a close frame (its code)."""
+    while True:
+        try:
+            doc = json.loads(client.data_frames(1, timeout_s=30)[0])
+        except AssertionError as exc:  # data_frames reports a close frame this way
+            return " ".join(str(exc).split()[:3]), 0
+        if doc.get("resync"):
+            return "resync", doc["data"]["s"]
