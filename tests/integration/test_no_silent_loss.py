@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+from kafka.partitioner.default import murmur2
 
 from devstack.procs import free_port
 from devstack.redis_server import RedisServer
@@ -157,25 +158,29 @@ def test_dropped_records_with_no_value_to_resync_close_their_clients_4010(stack)
     """Records dropped for a frozen shard: a token whose latest value the dispatcher still has is
     resynced; one it has forgotten (--last-values-max 1) gets a gap marker, and its subscribers 4010."""
     a = stack.shard("A", "--ingest-window", "1", "--heartbeat-ttl-s", "60")
+    # No stream pings: the one credit is used by the first record below, so no batch (and no
+    # resync) can leave while A is frozen, and the resync carries the values consumed last.
     d = stack.dispatcher("targeted", "--max-poll-records", "100", "--shard-queue-records", "200",
-                         "--last-values-max", "1")
-    clients = {t: WsClient(a.ws_url) for t in ("GAP-1", "GAP-2")}
+                         "--last-values-max", "1", "--stream-ping-s", "60")
+    # Two tokens of one partition (of 3), so "consumed last" is the order they were produced in.
+    old, new = "GAP-2", "GAP-6"
+    assert len({(murmur2(t.encode()) & 0x7FFFFFFF) % 3 for t in (old, new)}) == 1  # Kafka's default
+    clients = {t: WsClient(a.ws_url) for t in (old, new)}
     for token, client in clients.items():
         client.subscribe(token)
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
-        produce(producer(stack.kafka.bootstrap), stack.c.topic,
-                [(f"GAP-{1 + i % 2}", b'{"s":%d}' % i) for i in range(1000)])
+        feed = producer(stack.kafka.bootstrap)
+        produce(feed, stack.c.topic, [(old, b'{"s":-1}')])
+        wait_for(lambda: d.stats()["shards"]["A"]["in_flight_records"] == 1, what="A's one credit used")
+        produce(feed, stack.c.topic, [((old, new)[i % 2], b'{"s":%d}' % i) for i in range(1000)])
         wait_for(lambda: d.stats()["shards"]["A"]["records_dropped"] > 0, what="A's queue overflowing")
-        wait_for(lambda: d.stats()["records_consumed"] == 1000, what="all consumed")
+        wait_for(lambda: d.stats()["shards"]["A"]["records_offered"] == 1001, what="all offered to A")
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
-    final = {"GAP-1": 998, "GAP-2": 999}
     outcomes = {t: _until_resync_or_close(c) for t, c in clients.items()}
-    # Which token the one-entry last-value map still holds depends on the poll order.
-    assert sorted(o[0] for o in outcomes.values()) == ["closed with 4010", "resync"], outcomes
-    for token, (what, value) in outcomes.items():
-        assert what == "closed with 4010" or value == final[token], outcomes
+    # The one-entry last-value map holds `new` (consumed last): `old` has no value to resync with.
+    assert outcomes == {old: ("closed with 4010", 0), new: ("resync", 999)}, outcomes
     st = d.stats()["shards"]["A"]
     assert st["gaps_sent"] == 1 and st["resyncs_sent"] == 1
     wait_for(lambda: a.stats()["gaps_closed"] == 1, what="the shard counted the close")
