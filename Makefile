@@ -7,8 +7,8 @@ CACHE := .cache
 KAFKA_LIB := $(CACHE)/kafka/lib
 PROTOS := $(wildcard protos/shardcast/v1/*.proto)
 
-.PHONY: all deps protos kafka-jars redis run test unit lint clean compose-up compose-down compose-rehearse \
-	bench bench-matrix bench-routing chaos
+.PHONY: all deps protos kafka-jars redis node-deps chromium nginx run test unit lint clean compose-up compose-down compose-rehearse \
+	bench bench-matrix bench-routing chaos mutation
 
 all: deps protos
 
@@ -17,7 +17,8 @@ $(VENV)/.deps: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
-		printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/generated" > "$$site/shardcast-dev.pth"
+		printf '%s\n%s\n%s\n' "$(CURDIR)" "$(CURDIR)/generated" "$(CURDIR)/clients/python" \
+		> "$$site/shardcast-dev.pth"
 	touch $@
 
 deps: $(VENV)/.deps
@@ -47,13 +48,39 @@ redis:
 		$$SUDO apt-get install -y -q redis-server || \
 		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }; }
 
-run: deps protos kafka-jars redis
+# The JS client's dev tools (node's own test runner needs none; playwright-core drives the
+# browser test, @asyncapi/specs holds the AsyncAPI schema). The lockfile carries no registry URLs.
+NODE_DEPS := clients/js/node_modules/.stamp
+$(NODE_DEPS): clients/js/package.json clients/js/package-lock.json
+	@command -v npm >/dev/null || { echo "installing nodejs and npm with apt"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -q nodejs npm; }
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: $(NODE_DEPS)
+
+# Debian's chromium for the demo page's browser test; nginx for make run's front door.
+chromium:
+	@command -v chromium >/dev/null || { \
+		echo "installing chromium with apt"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q chromium || \
+		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }; }
+
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+		echo "installing nginx-light with apt"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q nginx-light || \
+		{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q nginx-light; }; }
+
+run: deps protos kafka-jars redis nginx
 	$(PY) -m devstack.run
 
 unit: deps protos
 	$(PY) -m pytest -q tests/unit
 
-test: deps protos kafka-jars redis
+test: deps protos kafka-jars redis node-deps chromium nginx
 	$(PY) -m pytest
 
 # Benchmarks (issue 4); see docs/benchmarks.md. BENCH_QUICK=1 for the small profile.
@@ -87,3 +114,19 @@ lint: deps
 
 clean:
 	rm -rf generated/shardcast generated/.stamp .run
+
+# Mutation testing of the pure cores against the unit suite (issue 12); see docs/testing.md.
+# Fresh each run; the packages are copied to mutants/, everything else is linked in. One worker by default.
+MUTATION_JOBS ?= 1
+mutation: deps protos
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-mutation.txt
+	rm -rf mutants && mkdir mutants
+	for f in *; do case $$f in shard|dispatcher|common|tests|mutants|pyproject.toml) ;; \
+		*) ln -s ../$$f mutants/$$f ;; esac; done
+	$(VENV)/bin/mutmut run --max-children $(MUTATION_JOBS) > mutants/run.log 2>&1 || \
+		{ tail -c 4000 mutants/run.log; exit 1; }
+	$(VENV)/bin/mutmut results --all true | awk -F': ' '{ m = $$1; sub(/^ +/, "", m); \
+		sub(/\.x[_ǁ].*/, "", m); t[m]++; T++; if ($$2 == "killed" || $$2 == "timeout") { k[m]++; K++ } } \
+		END { for (m in t) printf "%-22s %4d/%-4d killed %5.1f%%\n", m, k[m], t[m], 100 * k[m] / t[m] | "sort"; \
+		close("sort"); printf "%-22s %4d/%-4d killed %5.1f%%\n", "overall", K, T, 100 * K / T; exit (K < 0.9 * T) }'
+	@echo "survivors: .venv/bin/mutmut results; a diff: .venv/bin/mutmut show <name>"

@@ -3,6 +3,12 @@
 Metrics are read from the processes' own plain counters at scrape time (a
 custom collector), so the hot paths pay nothing for them; the one exception is
 `FastHistogram`, a lock-free bucket counter cheap enough to observe per write.
+
+Every registry also carries prometheus_client's standard collectors
+(`process_*` from /proc, `python_info`, `python_gc_*`), which are read at
+scrape time too. They are plain synchronous reads of /proc and `gc.get_stats()`,
+so under gevent they simply run inside the scraping greenlet; the only cost
+that grows is `process_open_fds` (one directory entry per open socket).
 """
 
 from __future__ import annotations
@@ -10,7 +16,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -97,10 +109,20 @@ class FnCollector:
 
 
 def make_registry(fn: Callable[[], Iterable[Metric]]) -> CollectorRegistry:
-    """A registry holding only this process's own metrics (no global state)."""
+    """A registry of this process's own metrics plus the standard process and Python
+    collectors (its own registry, not prometheus_client's global one)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FnCollector(fn))
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, _resident_memory_bytes, _open_fds…
+    PlatformCollector(registry=registry)  # python_info
+    GCCollector(registry=registry)  # python_gc_objects_collected_total, _collections_total…
     return registry
+
+
+STANDARD_NAMES = ("process_cpu_seconds", "process_virtual_memory_bytes", "process_resident_memory_bytes",
+                  "process_start_time_seconds", "process_open_fds", "process_max_fds", "python_info",
+                  "python_gc_objects_collected", "python_gc_objects_uncollectable",
+                  "python_gc_collections")
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

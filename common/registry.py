@@ -5,7 +5,7 @@ test runs can share one Redis):
 
 * ``{ns}:shards`` — set of every shard id that has registered.
 * ``{ns}:shard:{id}`` — hash (grpc, ws, started_ms, hb_ms, period_ms, ttl_ms,
-  connections, tokens, state ``live``/``draining``)
+  connections, tokens, state ``live``/``draining``/``drained``)
   with a TTL; it exists exactly while the shard heartbeats, so its presence
   *is* liveness.
 * ``{ns}:route:{token}`` — set of shard ids with at least one local subscriber.
@@ -67,7 +67,7 @@ class ShardInfo:
     tokens: int
     period_ms: int = 0  # how often the shard heartbeats
     ttl_ms: int = 0  # the TTL each heartbeat sets
-    state: str = "live"  # or "draining" (closing its clients, refusing new ones)
+    state: str = "live"  # "draining" (closing its clients, refusing new ones), then "drained"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,18 @@
 """`make run`: the whole stack on this machine, no Docker, until Ctrl-C.
 
 Starts (unless their addresses are given) a Kafka broker and a redis-server,
-creates the ticks topic, then three shards, the dispatcher and a demo
-producer; waits until each is healthy, prints where to connect, and on Ctrl-C
-or SIGTERM stops everything it started — shards first deregister themselves,
-then any entry they could not remove is cleaned up here.
+creates the ticks topic, then three shards, the dispatcher, a demo producer
+and the front door (nginx spreading one WebSocket URL over the live shards,
+`devstack.frontdoor`); waits until each is healthy, prints where to connect,
+and on Ctrl-C or SIGTERM stops everything it started — shards first
+deregister themselves, then any entry they could not remove is cleaned up here.
 
 Environment: SHARDCAST_KAFKA_BOOTSTRAP / SHARDCAST_REDIS_URL (use existing
 servers), RUN_SHARDS (3), RUN_PARTITIONS (6), RUN_RATE (ticks/s, 200),
 RUN_TOKENS (300), RUN_MODE (targeted), RUN_WS_PORT (first shard's WebSocket
-port, 8701), RUN_DISPATCHER_PORT (8700),
-RUN_ADMIN_PORT (8790), SHARDCAST_TOPIC (ticks), RUN_DIR (.run: data and logs).
+port, 8701), RUN_DISPATCHER_PORT (8700), RUN_ADMIN_PORT (8790), RUN_FRONT_PORT
+(the front door, 8780), SHARDCAST_TOPIC (ticks), RUN_DIR (.run: data and logs).
+Without nginx (`make nginx` installs it) everything but the front door starts.
 
 Shards and the dispatcher share a random ingest secret per run (made by
 `devstack.stack.Common`, handed over in their environment).
@@ -35,6 +37,7 @@ import redis
 
 from common.cli import redact_url, setup_logging
 from common.registry import Registry
+from devstack.frontdoor import FrontDoorProc, find_nginx, start_frontdoor
 from devstack.kafka_server import KafkaServer, create_topic
 from devstack.procs import ROOT, free_port, port_bindable
 from devstack.redis_server import RedisServer
@@ -92,7 +95,10 @@ def main() -> None:
         procs.append(start_producer(c, float(env.get("RUN_RATE", "200")),
                                     int(env.get("RUN_TOKENS", "300"))))
         log.info("dispatcher pid=%d producer pid=%d", dp.proc.pid, procs[-1].pid)
-        _banner(c, dp, urls, issue(jwt_secret.encode(), ["*"], DEMO_TOKEN_TTL_S))
+        front = _front_door(c, workdir, _port(int(env.get("RUN_FRONT_PORT", "8780"))))
+        if front is not None:
+            procs.append(front.proc)
+        _banner(c, dp, urls, issue(jwt_secret.encode(), ["*"], DEMO_TOKEN_TTL_S), front)
         while not stop.wait(1.0):
             dead = [p for p in procs if p.poll() is not None]
             if dead:
@@ -107,6 +113,16 @@ def main() -> None:
         for s in reversed(servers):
             s.stop()
         log.info("stopped; nothing left running")
+
+
+def _front_door(c: Common, workdir: Path, port: int) -> FrontDoorProc | None:
+    """nginx in front of the shards, its upstream following the registry; None without nginx."""
+    if find_nginx(os.environ.get("SHARDCAST_NGINX", "")) is None:
+        log.warning("nginx not found: no front door (`make nginx` installs nginx-light)")
+        return None
+    front = start_frontdoor(c.redis_url, c.namespace, port, workdir / "frontdoor", c.logdir)
+    log.info("front door healthy at %s pid=%d shards=%s", front.url, front.proc.pid, front.shards())
+    return front
 
 
 def _start(servers: list, server):
@@ -126,24 +142,33 @@ def _scrub(redis_url: str, shard_ids: list[str]) -> None:
         log.warning("could not scrub registry: %s", exc)
 
 
-def _banner(c: Common, dp: DispatcherProc, urls: list[str], token: str) -> None:
+def _banner(c: Common, dp: DispatcherProc, urls: list[str], token: str,
+            front: FrontDoorProc | None) -> None:
+    """Where to connect: the front door first, then what it stands on, then each shard directly."""
     exe = Path(sys.executable)
     py = exe.relative_to(ROOT) if exe.is_relative_to(ROOT) else exe
+    ws = front.url if front is not None else urls[0]
+    page = ws.replace("ws://", "http://").removesuffix("/ws")
+    door = (f"  front door (one URL, nginx over the live shards): {front.url}" if front is not None
+            else "  front door: none (nginx not found; `make nginx`), connect to a shard below")
     lines = [
         "",
         "shardcast is up. Ctrl-C stops everything.",
-        *(f"  shard WebSocket: {u}" for u in urls),
+        door,
+        f"  demo page: {page}/?token={token}",
         f"  demo token (every token, 24 h): {token}",
-        f"  demo page: {urls[0].replace('ws://', 'http://').removesuffix('/ws')}/?token={token}",
+        f"  Kafka bootstrap: {c.kafka_bootstrap}  (topic {c.topic})",
+        f"  Redis URL: {redact_url(c.redis_url)}  (namespace {c.namespace})",
+        *(f"  shard WebSocket: {u}  (shard-{i + 1}, direct)" for i, u in enumerate(urls)),
         f"  dispatcher status: http://127.0.0.1:{dp.http_port}/stats  (Prometheus: /metrics)",
         f"  admin API (gRPC): {dp.admin_target}   e.g. {py} -m dispatcher.admin --target "
         f"{dp.admin_target} shards",
         f"  logs: {c.logdir}",
         "",
         "Watch live ticks:",
-        f"  {py} -m devstack.watch --url '{urls[0]}?token={token}' BTC-USD ETH-USD",
+        f"  {py} -m devstack.watch --url '{ws}?token={token}' BTC-USD ETH-USD",
         "or with wscat:",
-        f"  wscat -c '{urls[0]}?token={token}'   then send "
+        f"  wscat -c '{ws}?token={token}'   then send "
         f"{{\"op\":\"subscribe\",\"tokens\":[\"BTC-USD\"]}}",
         "",
     ]

@@ -1,7 +1,7 @@
 """Admin CLI over the dispatcher's gRPC admin API: `python -m dispatcher.admin --help`.
 
-Prints readable tables; `--json` prints the raw answers instead. A gRPC
-client adapter, so it may import generated code.
+Prints readable tables; `--json` (before or after the command) prints the raw
+answers instead. A gRPC client adapter, so it may import generated code.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from shardcast.v1 import admin_pb2, admin_pb2_grpc
 from common.cli import add_flag, add_secret, secret
 from common.tables import table as common_table
 
+DRAINED = " - drained: out of routing, refusing clients (`undrain` resumes it)"
 MODES = {"targeted": admin_pb2.DISPATCH_MODE_TARGETED, "broadcast": admin_pb2.DISPATCH_MODE_BROADCAST}
 
 
@@ -43,17 +44,25 @@ def parser() -> argparse.ArgumentParser:
     add_flag(p, "timeout-s", "SHARDCAST_ADMIN_TIMEOUT_S", 10.0, "per-call deadline (drain: window + this)",
              float)
     p.add_argument("--json", action="store_true", help="print the raw answer as JSON")
+    # Also accepted after the command (`shards --json`); SUPPRESS keeps the top-level value when absent.
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="print the raw answer as JSON")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("shards", help="list shards with their load and stream state")
-    sub.add_parser("stats", help="dispatcher counters, lag and fan-out")
-    sub.add_parser("lookup", help="the shards a token's records go to now").add_argument(
-        "instrument", metavar="TOKEN")
-    mode = sub.add_parser("mode", help="show or set the dispatch mode")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[json_flag])
+
+    command("shards", "list shards (live, draining, drained, dead) with their load and stream state")
+    command("stats", "dispatcher counters, lag and fan-out")
+    command("lookup", "the shards a token's records go to now").add_argument("instrument", metavar="TOKEN")
+    mode = command("mode", "show or set the dispatch mode")
     mode.add_argument("mode", nargs="?", choices=sorted(MODES))
-    drain = sub.add_parser("drain", help="drain a shard: close its clients (1012) over a window")
+    drain = command("drain", "drain a shard: close its clients (1012) over a window, leave routing")
     drain.add_argument("shard_id")
     drain.add_argument("--window-s", type=float, default=10.0, help="spread the closes over this long")
-    pub = sub.add_parser("publish", help="produce one record through Kafka")
+    command("undrain", "end a shard's drain: it accepts clients again").add_argument("shard_id")
+    pub = command("publish", "produce one record through Kafka")
     pub.add_argument("instrument", metavar="TOKEN")
     pub.add_argument("payload", help="payload text (UTF-8), or @FILE for a file's bytes")
     return p
@@ -101,7 +110,11 @@ def run(a: argparse.Namespace, stub: admin_pb2_grpc.DispatcherAdminStub, md: lis
         req = admin_pb2.DrainShardRequest(shard_id=a.shard_id, window_s=a.window_s)
         for p in stub.DrainShard(req, metadata=md, timeout=a.window_s + a.timeout_s):
             show(a, p, lambda p: f"{p.shard_id}: closed {p.closed}, connections {p.connections}"
-                                 f"{' - drained, out of the registry' if p.done else ''}")
+                                 f"{DRAINED if p.done else ''}")
+    elif a.cmd == "undrain":
+        show(a, stub.UndrainShard(admin_pb2.UndrainShardRequest(shard_id=a.shard_id), **kw),
+             lambda r: f"{r.shard_id}: {_enum(admin_pb2.ShardState.Name(r.previous), 'SHARD_STATE_')} -> "
+                       f"{_enum(admin_pb2.ShardState.Name(r.state), 'SHARD_STATE_')}, accepting clients")
     elif a.cmd == "publish":
         payload = Path(a.payload[1:]).read_bytes() if a.payload.startswith("@") else a.payload.encode()
         show(a, stub.Publish(admin_pb2.PublishRequest(token=a.instrument, payload=payload), **kw),
@@ -129,10 +142,12 @@ def _stats(r: admin_pb2.GetStatsResponse) -> str:
     mode = _enum(admin_pb2.DispatchMode.Name(r.mode), "DISPATCH_MODE_")
     head = table(["FIELD", "VALUE"], [
         ("dispatcher", r.dispatcher_id), ("mode", mode), ("uptime s", r.uptime_s),
-        ("records consumed", r.records_consumed), ("records routed", r.records_routed),
+        ("records consumed", r.records_consumed),
+        ("records routed (to >= 1 shard)", r.records_routed),
+        ("records unrouted (no shard wanted them)", r.records_unrouted),
         ("deliveries (record x shard)", r.deliveries),
-        ("fan-out per record", r.deliveries / r.records_routed if r.records_routed else 0.0),
-        ("records unrouted", r.records_unrouted), ("records dropped", r.records_dropped),
+        ("fan-out per routed record", r.deliveries / r.records_routed if r.records_routed else 0.0),
+        ("records dropped", r.records_dropped),
         ("records invalid", r.records_invalid), ("routing tokens", r.routing_tokens),
         ("registry healthy", r.registry_healthy), ("registry sync age s", r.registry_sync_age_s),
     ])

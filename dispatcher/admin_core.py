@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from common.drain import check_window
 from common.records import TOKEN_RE
+from common.registry import ShardInfo
 from dispatcher.routing import Mode
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class AdminCode(StrEnum):
     INVALID_ARGUMENT = "invalid_argument"
     NOT_FOUND = "not_found"
     UNAVAILABLE = "unavailable"
+    ABORTED = "aborted"  # a drain cancelled by an undrain while its progress was streamed
 
 
 class AdminError(Exception):
@@ -41,7 +43,7 @@ class ShardView:
     shard_id: str
     grpc_addr: str
     ws_addr: str
-    state: str  # live | draining | dead
+    state: str  # live | draining | drained | dead
     connections: int
     tokens: int
     heartbeat_age_s: float
@@ -65,7 +67,7 @@ class StatsView:
     dispatcher_id: str
     mode: Mode
     records_consumed: int
-    records_routed: int
+    records_routed: int  # queued for at least one shard (never counts an unrouted record)
     records_dropped: int
     deliveries: int
     records_unrouted: int
@@ -101,10 +103,21 @@ class DrainView:
     done: bool
 
 
+@dataclass(frozen=True)
+class UndrainView:
+    shard_id: str
+    previous: str  # live (nothing to undrain) | draining | drained
+    state: str  # live
+
+
 class ShardControl(Protocol):
     """Calls a shard's control RPC (adapter: `admin_grpc.GrpcShardControl`)."""
 
     def drain(self, grpc_addr: str, shard_id: str, window_s: float) -> Iterator[DrainView]: ...
+
+    def undrain(self, grpc_addr: str, shard_id: str) -> bool:
+        """End the shard's drain; True when it was draining or drained."""
+        ...
 
 
 class Publisher(Protocol):
@@ -149,8 +162,9 @@ class AdminCore:
                     for p, (pos, high) in sorted(d.loop.lag.items()))
         fanout = tuple((sid, int(s["records_offered"]), int(s["records_dropped"]))
                        for sid, s in sorted(streams.items()))
+        routed = rc.records - rc.unrouted  # the router counts every record it saw in `records`
         return StatsView(
-            d.cfg.dispatcher_id, d.router.mode, d.loop.records_consumed, rc.records, dropped,
+            d.cfg.dispatcher_id, d.router.mode, d.loop.records_consumed, routed, dropped,
             rc.deliveries, rc.unrouted, d.loop.records_invalid, len(d.sync.table), d.sync.healthy,
             round(time.time() - d.sync.last_sync_s, 3), lag, fanout, round(time.time() - d.started, 3),
         )
@@ -174,15 +188,29 @@ class AdminCore:
         return ModeChange(previous, new, self.set_cluster_mode(new))
 
     def drain(self, shard_id: str, window_s: float) -> Iterator[DrainView]:
-        if not shard_id:
-            raise AdminError(AdminCode.INVALID_ARGUMENT, "shard_id is required")
+        _check_shard_id(shard_id)
         problem = check_window(window_s)
         if problem:
             raise AdminError(AdminCode.INVALID_ARGUMENT, problem)
+        info = self._registered(shard_id)
+        return self.control.drain(info.grpc_addr, shard_id, window_s)
+
+    def undrain(self, shard_id: str) -> UndrainView:
+        """Put a draining or drained shard back into service (it still heartbeats, so it is listed)."""
+        info = self._registered(shard_id)
+        was_draining = self.control.undrain(info.grpc_addr, shard_id)
+        if not was_draining:
+            return UndrainView(shard_id, "live", "live")
+        # The registry can lag the shard by a heartbeat: a drain it reports live was still draining.
+        return UndrainView(shard_id, "draining" if info.state == "live" else info.state, "live")
+
+    def _registered(self, shard_id: str) -> ShardInfo:
+        """The heartbeating shard `shard_id` (draining and drained ones included)."""
+        _check_shard_id(shard_id)
         info = self.d.sync.live.get(shard_id)
         if info is None:
             raise AdminError(AdminCode.NOT_FOUND, f"no live shard {shard_id!r}")
-        return self.control.drain(info.grpc_addr, shard_id, window_s)
+        return info
 
     def publish(self, token: str, payload: bytes) -> tuple[int, int]:
         _check_token(token)
@@ -191,6 +219,11 @@ class AdminCore:
             raise AdminError(AdminCode.INVALID_ARGUMENT,
                              f"payload is {len(payload)} bytes, the limit is {limit}")
         return self.publisher.publish(token, payload)
+
+
+def _check_shard_id(shard_id: str) -> None:
+    if not shard_id:
+        raise AdminError(AdminCode.INVALID_ARGUMENT, "shard_id is required")
 
 
 def _check_token(token: str) -> None:

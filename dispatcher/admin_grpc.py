@@ -34,11 +34,13 @@ STATUS = {
     AdminCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
     AdminCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     AdminCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    AdminCode.ABORTED: grpc.StatusCode.ABORTED,
 }
+UNDRAIN_TIMEOUT_S = 10.0
 MODES = {Mode.TARGETED: admin_pb2.DISPATCH_MODE_TARGETED, Mode.BROADCAST: admin_pb2.DISPATCH_MODE_BROADCAST}
 MODE_NAMES = {v: k.value for k, v in MODES.items()}
 STATES = {"live": admin_pb2.SHARD_STATE_LIVE, "draining": admin_pb2.SHARD_STATE_DRAINING,
-          "dead": admin_pb2.SHARD_STATE_DEAD}
+          "drained": admin_pb2.SHARD_STATE_DRAINED, "dead": admin_pb2.SHARD_STATE_DEAD}
 
 
 class AdminServicer(admin_pb2_grpc.DispatcherAdminServicer):
@@ -89,11 +91,17 @@ class AdminServicer(admin_pb2_grpc.DispatcherAdminServicer):
         views = _run(context, self.core.drain, request.shard_id, request.window_s)
         try:
             for v in views:
-                state = admin_pb2.SHARD_STATE_UNSPECIFIED if v.done else admin_pb2.SHARD_STATE_DRAINING
+                state = admin_pb2.SHARD_STATE_DRAINED if v.done else admin_pb2.SHARD_STATE_DRAINING
                 yield admin_pb2.DrainProgress(shard_id=v.shard_id, state=state, connections=v.connections,
                                               closed=v.closed, done=v.done)
         except AdminError as exc:
             context.abort(STATUS[exc.code], exc.message)
+
+    def UndrainShard(self, request, context):  # noqa: N802
+        v = _run(context, self.core.undrain, request.shard_id)
+        unknown = admin_pb2.SHARD_STATE_UNSPECIFIED  # a state string no shard writes
+        return admin_pb2.UndrainShardResponse(shard_id=v.shard_id, previous=STATES.get(v.previous, unknown),
+                                              state=STATES.get(v.state, unknown))
 
     def Publish(self, request, context):  # noqa: N802
         partition, offset = _run(context, self.core.publish, request.token, request.payload)
@@ -121,8 +129,23 @@ class GrpcShardControl:
                 for st in stub.Drain(request, metadata=self.auth.metadata()):
                     yield DrainView(st.shard_id or shard_id, st.connections, st.closed, st.done)
         except grpc.RpcError as exc:
-            raise AdminError(AdminCode.UNAVAILABLE, f"shard {shard_id} at {grpc_addr}: {exc.details()}") \
-                from exc
+            raise _shard_error(exc, shard_id, grpc_addr) from exc
+
+    def undrain(self, grpc_addr: str, shard_id: str) -> bool:
+        try:
+            with self.auth.channel(grpc_addr) as channel:
+                stub = control_pb2_grpc.ShardControlStub(channel)
+                answer = stub.Undrain(control_pb2.UndrainRequest(), metadata=self.auth.metadata(),
+                                      timeout=UNDRAIN_TIMEOUT_S)
+                return answer.was_draining
+        except grpc.RpcError as exc:
+            raise _shard_error(exc, shard_id, grpc_addr) from exc
+
+
+def _shard_error(exc: grpc.RpcError, shard_id: str, grpc_addr: str) -> AdminError:
+    """A failed shard-control call as the admin API reports it (ABORTED passes through)."""
+    code = AdminCode.ABORTED if exc.code() == grpc.StatusCode.ABORTED else AdminCode.UNAVAILABLE
+    return AdminError(code, f"shard {shard_id} at {grpc_addr}: {exc.details()}")
 
 
 class BearerAuth(grpc.ServerInterceptor):

@@ -130,7 +130,7 @@ class Dispatcher:
             "uptime_s": round(time.time() - self.started, 3),
             "records_consumed": self.loop.records_consumed,
             "records_invalid": self.loop.records_invalid,
-            "records_routed": rc.records,
+            "records_routed": rc.records - rc.unrouted,  # queued for at least one shard
             "deliveries": rc.deliveries,
             "records_unrouted": rc.unrouted,
             "fallback_batches": rc.fallback_batches,

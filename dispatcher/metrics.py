@@ -33,7 +33,8 @@ def collect(d: Dispatcher, route_hist: FastHistogram) -> Iterator[Metric]:
     rc, loop, sync = d.router.counters, d.loop, d.sync
     yield counter(P + "records_consumed", "Kafka records consumed", loop.records_consumed)
     yield counter(P + "records_invalid", "records skipped for lack of a usable key", loop.records_invalid)
-    yield counter(P + "records_routed", "records through the router", rc.records)
+    # routed + unrouted = every record the router saw; routed ones went to at least one shard.
+    yield counter(P + "records_routed", "records queued for at least one shard", rc.records - rc.unrouted)
     yield counter(P + "records_unrouted", "records no live shard wanted", rc.unrouted)
     yield counter(P + "deliveries", "(record, shard) pairs queued: fan-out", rc.deliveries)
     yield counter(P + "fallback_batches", "polls broadcast because the routing table was unhealthy",

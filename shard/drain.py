@@ -1,8 +1,14 @@
-"""Draining a shard: close its clients spread over a window, then leave the registry.
+"""Draining a shard: close its clients spread over a window, then wait until it is out of routing.
 
 `common.drain.close_steps` is the pure schedule; `Drain` runs it in a
 greenlet against the server's connections. Close code 1012
 (`SERVICE_RESTART`) tells clients to come back after a jittered pause.
+
+A drained shard stays registered (state ``drained``, still heartbeating, its
+gRPC streams up) rather than deregistering: operators still see it in
+``ListShards``, and ``Undrain`` can put it back into service at once, without
+a restart. What takes it out of routing is its clients leaving: each last
+subscriber of a token removes the shard from that token's route.
 """
 
 from __future__ import annotations
@@ -27,19 +33,32 @@ class DrainStatus:
 
     window_s: float
     closed: int = 0
-    deregistered: bool = False
+    out_of_routing: bool = False  # the registry holds no route the drained clients had
     done: bool = False
+    cancelled: bool = False
 
 
 class Drain:
-    """One drain of a shard; the server keeps the first and hands it to every later caller."""
+    """One drain of a shard; the server keeps it (and hands it to later callers) until undrained.
+
+    `settle(timeout_s)` blocks until every unsubscribe is in the registry (True)
+    or the timeout passes (False, e.g. Redis down: the writer catches up
+    later by itself); `on_done` runs once the status says done, so the shard
+    can publish its new state without waiting for the next heartbeat.
+    """
 
     def __init__(self, window_s: float, conns: Callable[[], list],
-                 leave_registry: Callable[[], None]) -> None:
+                 settle: Callable[[float], bool], on_done: Callable[[], None]) -> None:
         self.status = DrainStatus(window_s)
         self._conns = conns
-        self._leave = leave_registry
+        self._settle = settle
+        self._on_done = on_done
         self.greenlet = gevent.spawn(self._run)
+
+    def cancel(self) -> None:
+        """Stop closing clients (undrain): those not closed yet stay connected."""
+        self.status.cancelled = True
+        self.greenlet.kill(block=False)
 
     def _run(self) -> None:
         st = self.status
@@ -55,7 +74,7 @@ class Drain:
         with gevent.Timeout(LINGER_S, False):
             while self._conns():
                 gevent.sleep(STEP_S)
-        self._leave()
-        st.deregistered = True
+        st.out_of_routing = not self._conns() and self._settle(LINGER_S)
         st.done = True
-        log.info("drained closed=%d", st.closed)
+        self._on_done()
+        log.info("drained closed=%d out_of_routing=%s", st.closed, st.out_of_routing)

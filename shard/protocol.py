@@ -2,9 +2,11 @@
 
 Requests (JSON text frames), each with an optional ``id`` echoed in the reply:
 ``{"op":"subscribe","tokens":[...]}``, ``{"op":"unsubscribe","tokens":[...]}``,
-``{"op":"ping"}``. Replies: ``subscribed`` / ``unsubscribed`` / ``pong`` acks,
-``tick`` and ``snapshot`` frames (each with its Kafka position), and
-``error`` frames with a stable code from `shard.codes`.
+``{"op":"ping"}``, ``{"op":"auth","token":...}``. Replies: ``subscribed`` /
+``unsubscribed`` / ``pong`` acks, ``tick`` and ``snapshot`` frames (each with
+its Kafka position), and ``error`` frames with a stable code from
+`shard.codes`. The versioned spec (subprotocol `SUBPROTOCOL`) is
+docs/protocol.md, machine-readable in docs/asyncapi.yaml.
 
 Tick frames are encoded once per record and the same bytes are written to
 every subscriber: `tick_frame` returns a complete WebSocket frame.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from common.records import TOKEN_RE, Record
 from shard.codes import ErrorCode
 
+SUBPROTOCOL = "shardcast.v1"  # Sec-WebSocket-Protocol of this protocol version (docs/protocol.md)
 MAX_ID_CHARS = 64
 MAX_DEPTH = 8  # requests nest 2 deep; deeper JSON is refused before parsing (no RecursionError)
 MAX_AUTH_TOKEN_CHARS = 8192
@@ -146,6 +149,26 @@ def _parse_tokens(
                 req_id,
             )
     return tuple(dict.fromkeys(raw))
+
+
+def negotiate_subprotocol(header: str | None) -> tuple[bool, str | None]:
+    """(accept the upgrade?, the subprotocol to echo) for a ``Sec-WebSocket-Protocol`` value.
+
+    The header is a comma-separated list (repeated header lines arrive joined
+    with commas); each element is compared whole, never as a substring (the
+    stock gevent-websocket hook would take ``shardcast.v10`` for ours). No
+    list, or an empty one: accepted without a subprotocol, as plain tools
+    connect. A list without `SUBPROTOCOL`: refused, so a client built for
+    another version learns it from the HTTP status instead of talking past
+    the shard (a browser would fail such a connection anyway, unechoed).
+    """
+    offered = [p.strip(" \t") for p in (header or "").split(",")]
+    offered = [p for p in offered if p]
+    if not offered:
+        return True, None
+    if SUBPROTOCOL in offered:
+        return True, SUBPROTOCOL
+    return False, None
 
 
 def _reply(doc: dict[str, object], req_id: int | str | None) -> bytes:

@@ -2,7 +2,7 @@
 
 HTTP routes besides the WebSocket endpoint ``/ws``: ``/healthz`` (200 once
 registered, 503 while draining), ``/metrics`` (Prometheus), ``/stats`` (JSON
-counters) and ``/`` (a demo page).
+counters), ``/`` (a demo page) and ``/client/*.js`` (the JS client it imports).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import time
 from collections import Counter
 from concurrent import futures
-from pathlib import Path
 
 import gevent
 import grpc
@@ -36,12 +35,14 @@ from shard.ingest import IngestCore
 from shard.keepalive import Action, keepalive_action
 from shard.loopwatch import LoopWatch
 from shard.outbox import Outbox
+from shard.protocol import SUBPROTOCOL, negotiate_subprotocol
 from shard.registry_writer import RegistryWriter, make_info
-from shard.wsconn import Connection, LimitedWebSocket, ShardHandler
+from shard.static_files import StaticFiles
+from shard.static_files import headers as static_headers
+from shard.wsconn import SUBPROTOCOL_ENV, Connection, LimitedWebSocket, ShardHandler
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws"
-DEMO_PAGE = Path(__file__).with_name("static") / "demo.html"
 SWEEP_SLICE_S = 0.1  # the keepalive sweep visits a slice of the clients this often
 
 
@@ -69,6 +70,7 @@ class ShardServer:
         self.hub.on_first = lambda token: self.writer.mark(token, True)
         self.hub.on_last = lambda token: self.writer.mark(token, False)
         self.accepting = True
+        self.static = StaticFiles()  # demo page and JS client, read once
         self.watch = LoopWatch(lambda: len(self.conns), cfg.gc_freeze_check_s)
         self.drain: Drain | None = None
         self._sweeper: gevent.Greenlet | None = None
@@ -101,8 +103,8 @@ class ShardServer:
             self.cfg.shard_id, self.core, self.cfg.ingest_window_batches, self.counters
         )
         add_to_server(servicer, self.grpc_server)
-        add_control(ControlServicer(self.cfg.shard_id, self.start_drain, lambda: len(self.conns)),
-                    self.grpc_server)
+        add_control(ControlServicer(self.cfg.shard_id, self.start_drain, lambda: len(self.conns),
+                                    self.undrain), self.grpc_server)
         cfg = self.cfg
         bind(self.grpc_server, host_port(cfg.grpc_host, cfg.grpc_port), cfg.grpc_tls_cert,
              cfg.grpc_tls_key, cfg.grpc_tls_client_ca)
@@ -122,15 +124,33 @@ class ShardServer:
         self.counters["grpc_unauthenticated"] += 1
 
     def start_drain(self, window_s: float) -> Drain:
-        """Refuse new clients, close current ones with 1012 over `window_s`, leave the registry.
+        """Refuse new clients, close current ones with 1012 over `window_s`, leave routing.
 
-        Idempotent: a second call returns the drain already running.
+        Idempotent: a second call returns the drain already running (or done).
+        The shard stays registered (state draining, then drained) so that
+        `undrain` can bring it back; its routes go as its clients leave.
         """
         if self.drain is None:
             self.accepting = False
             self.writer.beat_now()  # publish state=draining now, not at the next heartbeat
-            self.drain = Drain(window_s, lambda: list(self.conns.values()), self.writer.stop)
+            self.drain = Drain(window_s, lambda: list(self.conns.values()), self.writer.wait_synced,
+                               self.writer.beat_now)
         return self.drain
+
+    def undrain(self) -> bool:
+        """End the drain, running or done: accept clients again, state live at once.
+
+        Returns False when there was no drain. Clients the drain already closed
+        are not called back; they reconnect wherever their load balancer sends them.
+        """
+        drain, self.drain = self.drain, None
+        if drain is None:
+            return False
+        drain.cancel()
+        self.accepting = True
+        self.writer.beat_now()  # publish state=live now, not at the next heartbeat
+        log.info("undrained closed_by_drain=%d", drain.status.closed)
+        return True
 
     def stop(self) -> None:
         """Refuse new clients, close the current ones (1001), deregister, stop servers."""
@@ -165,7 +185,8 @@ class ShardServer:
         """Why an upgrade is refused — (HTTP status, error) — or None; cheapest checks first.
 
         Refusing before the upgrade costs a client one HTTP answer instead of
-        a connection slot; a verified token's grant is left in `env`.
+        a connection slot; the chosen subprotocol and a verified token's grant
+        are left in `env`.
         """
         cfg = self.cfg
         if not self.accepting or len(self.conns) >= cfg.max_connections:
@@ -174,6 +195,10 @@ class ShardServer:
             return "429 Too Many Requests", "too many connections from this address"
         if not origin_allowed(env.get("HTTP_ORIGIN"), env.get("HTTP_HOST"), cfg.allowed_origins):
             return "403 Forbidden", "origin not allowed"
+        ok, subprotocol = negotiate_subprotocol(env.get("HTTP_SEC_WEBSOCKET_PROTOCOL"))
+        if not ok:
+            return "400 Bad Request", f"unsupported subprotocol: this shard speaks {SUBPROTOCOL} (or none)"
+        env[SUBPROTOCOL_ENV] = subprotocol  # ShardHandler echoes it in the 101 response
         token = bearer_token(env.get("HTTP_AUTHORIZATION"), env.get("QUERY_STRING"))
         if cfg.verifier is not None and token is not None:
             try:
@@ -205,11 +230,10 @@ class ShardServer:
             return [body]
         if path == WS_PATH:
             return _json(start_response, "426 Upgrade Required", {"error": "WebSocket only"})
-        if path == "/":
-            body = DEMO_PAGE.read_bytes()
-            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                      ("Content-Length", str(len(body)))])
-            return [body]
+        asset = self.static.get(path)  # "/" and the allow-listed /client/*.js
+        if asset is not None:
+            start_response("200 OK", static_headers(asset))
+            return [asset.body]
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     def _serve_ws(self, ws) -> None:

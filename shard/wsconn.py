@@ -91,12 +91,27 @@ class InboundRejectedError(Exception):
 READ_BUFFER_BYTES = 2048  # clients send little; pywsgi's default 8 KiB buffer per connection adds up
 
 
+SUBPROTOCOL_ENV = "shardcast.subprotocol"  # environ key: the subprotocol the upgrade negotiated
+
+
 class ShardHandler(WebSocketHandler):
-    """gevent-websocket's handler with a smaller read buffer (memory per idle connection)."""
+    """gevent-websocket's handler with a smaller read buffer and our subprotocol negotiation.
+
+    The stock handler echoes a subprotocol only through an ``app_protocol``
+    hook, matched as a substring of the raw header; ours is chosen by
+    `shard.protocol.negotiate_subprotocol` before the upgrade (ShardServer._refusal)
+    and added here to the 101 response.
+    """
 
     def __init__(self, sock, address, server, rfile=None) -> None:
         super().__init__(sock, address, server,
                          rfile if rfile is not None else sock.makefile("rb", READ_BUFFER_BYTES))
+
+    def start_response(self, status, headers, exc_info=None):
+        subprotocol = (self.environ or {}).get(SUBPROTOCOL_ENV)
+        if subprotocol and status.startswith("101"):
+            headers = [*headers, ("Sec-WebSocket-Protocol", subprotocol)]
+        return super().start_response(status, headers, exc_info)
 
 
 class LimitedWebSocket(WebSocket):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 
 import redis
 import websocket
 from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
 
 from common.registry import Registry
 
@@ -148,3 +151,30 @@ def close_code(client: WsClient, timeout_s: float = 15) -> int:
             return int.from_bytes(frame.data[:2], "big")
         if time.monotonic() > deadline:
             raise AssertionError(f"no close frame within {timeout_s}s")
+
+
+# A deterministic "records dropped, one token has no value left" scenario (4010 vs resync):
+# two tokens of one partition (of the 3 each test topic has), so "consumed last" is produce order.
+GAP_OLD, GAP_NEW = "GAP-2", "GAP-6"
+# No stream pings (the frozen shard's one credit goes to the first record), a 200-record queue,
+# and a one-entry last-value map that ends up holding GAP_NEW only.
+GAP_DISPATCHER_FLAGS = ("--max-poll-records", "100", "--shard-queue-records", "200",
+                        "--last-values-max", "1", "--stream-ping-s", "60")
+GAP_SHARD_FLAGS = ("--ingest-window", "1", "--heartbeat-ttl-s", "60")
+
+
+def overflow_while_frozen(shard, dispatcher, feed: KafkaProducer, topic: str) -> None:
+    """SIGSTOP `shard`; one GAP_OLD record (s=-1) takes its only credit, then 1000 alternating
+    records (s=0..999) overflow its queue and are all offered; SIGCONT. GAP_OLD's subscribers then
+    get a gap marker (4010), GAP_NEW's a resync with s=999 — each exactly once."""
+    assert len({(murmur2(t.encode()) & 0x7FFFFFFF) % 3 for t in (GAP_OLD, GAP_NEW)}) == 1
+    queue = lambda: dispatcher.stats()["shards"][shard.shard_id]  # noqa: E731
+    os.kill(shard.proc.pid, signal.SIGSTOP)
+    try:
+        produce(feed, topic, [(GAP_OLD, b'{"s":-1}')])
+        wait_for(lambda: queue()["in_flight_records"] == 1, what="the frozen shard's one credit used")
+        produce(feed, topic, [((GAP_OLD, GAP_NEW)[i % 2], b'{"s":%d}' % i) for i in range(1000)])
+        wait_for(lambda: queue()["records_dropped"] > 0, what="the queue overflowing")
+        wait_for(lambda: queue()["records_offered"] == 1001, what="every record offered")
+    finally:
+        os.kill(shard.proc.pid, signal.SIGCONT)

@@ -16,7 +16,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from devstack.procs import http_json, python_cmd
 from tests.integration.admin_client import Admin, pb
-from tests.integration.helpers import WsClient, produce, producer, tick_payload, wait_for
+from tests.integration.helpers import (
+    WsClient,
+    close_code,
+    produce,
+    producer,
+    tick_payload,
+    upgrade_status,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +59,8 @@ def test_list_shards_get_stats_and_lookup_report_the_live_stack(stack):
     assert 0 <= shards["A"].heartbeat_age_s < 5
     s = admin.stats()
     assert (s.dispatcher_id, s.mode) == ("d1", pb.DISPATCH_MODE_TARGETED)
-    assert (s.records_routed, s.deliveries, s.records_unrouted, s.records_dropped) == (57, 50, 7, 0)
+    # routed (to a shard) and unrouted (no shard wanted them) are disjoint: 50 + 7 = 57 consumed
+    assert (s.records_routed, s.deliveries, s.records_unrouted, s.records_dropped) == (50, 50, 7, 0)
     assert s.registry_healthy and s.routing_tokens == 1 and s.registry_sync_age_s < 5
     assert {f.shard_id: f.records_offered for f in s.fanout} == {"A": 50, "B": 0}
     lag = wait_for(lambda: (x := admin.stats().lag) and len(x) == 3 and x, what="lag")[0]
@@ -105,7 +114,8 @@ def _watch_close(url: str, ready: threading.Barrier, out: list, i: int) -> None:
 
 
 def test_drain_closes_clients_with_1012_spread_over_the_window_and_leaves_routing(stack):
-    """DrainShard: 1012 to every client, spread over the window; the shard leaves the registry."""
+    """DrainShard: 1012 to every client, spread over the window; the shard leaves routing but stays
+    listed as drained, refusing upgrades."""
     a, b = stack.shard("A"), stack.shard("B")
     d = stack.dispatcher()
     admin = Admin(d.admin_target)
@@ -123,17 +133,83 @@ def test_drain_closes_clients_with_1012_spread_over_the_window_and_leaves_routin
     for t in threads:
         t.join(30)
     assert progress[-1].done and progress[-1].closed == n and progress[-1].connections == 0
+    assert progress[-1].state == pb.SHARD_STATE_DRAINED
     assert all(p.state == pb.SHARD_STATE_DRAINING for p in progress[:-1])
     assert [c[0] for c in closes] == [1012] * n
     times = sorted(c[1] - started for c in closes)
     assert times[-1] - times[0] >= window_s * 0.6, times  # spread out, not all at once
     assert times[-1] <= window_s + 2, times
-    assert "A" not in admin.shards()
-    assert list(admin.lookup("DRAIN-1").shard_ids) == ["B"]
+    listed = wait_for(lambda: (s := admin.shards()["A"]).state == pb.SHARD_STATE_DRAINED and s,
+                      what="A listed as drained")[0]
+    assert (listed.connections, listed.tokens, listed.stream_state) == (0, 0, "ready")
+    wait_for(lambda: list(admin.lookup("DRAIN-1").shard_ids) == ["B"], what="A out of the route")
     assert http_json(f"http://127.0.0.1:{a.ws_port}/healthz")[0] == 503
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
         websocket.create_connection(a.ws_url, timeout=5)
     assert refused.value.status_code == 503
+
+
+def _drain_outcome(admin: Admin, shard_id: str, window_s: float, out: list) -> None:
+    """Run a drain call to its end; record its progress messages or the status code it failed with."""
+    try:
+        out.append(admin.drain(shard_id, window_s))
+    except grpc.RpcError as exc:
+        out.append(exc.code())
+
+
+def test_undrain_puts_a_draining_or_drained_shard_back_into_routing(stack):
+    """Draining and drained shards stay listed; UndrainShard (API, then CLI) ends the drain: the
+    shard accepts clients again, routes their tokens and they get ticks."""
+    a = stack.shard("A")
+    stack.shard("B")
+    d = stack.dispatcher()
+    admin = Admin(d.admin_target)
+    first, second = WsClient(a.ws_url), WsClient(a.ws_url)
+    for c in (first, second):
+        c.subscribe("UND-1")
+    prod = producer(stack.kafka.bootstrap)
+    # A slow drain (2 clients over 60 s: one closed at once, the next 30 s later) undrained midway.
+    outcome: list = []
+    drain = threading.Thread(target=_drain_outcome, args=(admin, "A", 60.0, outcome))
+    drain.start()
+    assert close_code(first) == 1012
+    wait_for(lambda: admin.shards()["A"].state == pb.SHARD_STATE_DRAINING, what="A listed as draining")
+    assert upgrade_status(a.ws_url) == 503
+    answer = admin.stub.UndrainShard(pb.UndrainShardRequest(shard_id="A"), timeout=10)
+    assert (answer.shard_id, answer.previous, answer.state) == ("A", pb.SHARD_STATE_DRAINING,
+                                                                pb.SHARD_STATE_LIVE)
+    drain.join(30)
+    assert outcome == [grpc.StatusCode.ABORTED]  # the drain's progress stream says it was cancelled
+    wait_for(lambda: admin.shards()["A"].state == pb.SHARD_STATE_LIVE, what="A listed as live")
+    produce(prod, stack.c.topic, _ticks(5, "UND-1"))
+    second.ticks(5)  # the client the drain had not reached yet was never disturbed
+    # A full drain: listed as drained (no clients, no tokens), out of the route; then undrain by CLI.
+    progress = admin.drain("A", 0.0)
+    assert progress[-1].done and progress[-1].state == pb.SHARD_STATE_DRAINED
+    assert close_code(second) == 1012
+    wait_for(lambda: list(admin.lookup("UND-1").shard_ids) == [], what="UND-1 routed nowhere")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = python_cmd("-m", "dispatcher.admin", "--target", d.admin_target, *args)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    listed = wait_for(lambda: (doc := json.loads(cli("shards", "--json").stdout))
+                      and {s["shard_id"]: s for s in doc["shards"]}["A"]["state"] == "SHARD_STATE_DRAINED"
+                      and doc, what="CLI lists A as drained")[0]
+    assert {s["shard_id"]: (s["connections"], s["tokens"]) for s in listed["shards"]} == {
+        "A": (0, 0), "B": (0, 0)}
+    undone = cli("undrain", "A")
+    assert (undone.returncode, undone.stdout.strip()) == (0, "A: drained -> live, accepting clients")
+    assert http_json(f"http://127.0.0.1:{a.ws_port}/healthz")[0] == 200
+    again = WsClient(a.ws_url)
+    again.subscribe("UND-1")
+    wait_for(lambda: list(admin.lookup("UND-1").shard_ids) == ["A"], what="A routed again")
+    produce(prod, stack.c.topic, _ticks(7, "UND-1"))
+    assert [json.loads(f)["data"]["i"] for f in again.ticks(7)] == list(range(7))
+    # Live at once in the shard; in the registry by the next heartbeat at the latest.
+    wait_for(lambda: admin.shards()["A"].state == pb.SHARD_STATE_LIVE, what="A listed as live again")
+    assert cli("undrain", "A").stdout.strip() == "A: live -> live, accepting clients"  # idempotent
+    assert cli("undrain", "NO-SUCH").returncode == 1
 
 
 def test_bad_arguments_get_clear_errors_and_the_api_keeps_serving(stack):
@@ -204,7 +280,8 @@ def test_reflection_lists_the_admin_service_and_health_reports_serving(stack):
     fd = descriptor_pb2.FileDescriptorProto.FromString(
         answers[1].file_descriptor_response.file_descriptor_proto[0])
     methods = {m.name for s in fd.service for m in s.method}
-    assert methods == {"ListShards", "GetStats", "LookupToken", "SetDispatchMode", "DrainShard", "Publish"}
+    assert methods == {"ListShards", "GetStats", "LookupToken", "SetDispatchMode", "DrainShard",
+                       "UndrainShard", "Publish"}
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "shardcast.v1.DispatcherAdmin"):
         req = health_pb2.HealthCheckRequest(service=service)

@@ -14,10 +14,12 @@ import urllib.request
 import pytest
 import redis
 
-from devstack.procs import ROOT, free_port
+from devstack.frontdoor import find_nginx
+from devstack.procs import ROOT, free_port, port_open
 from tests.integration.helpers import WsClient
 
 pytestmark = pytest.mark.integration
+NGINX = find_nginx() is not None  # without it make run starts everything but the front door
 
 
 def _alive(pid: int) -> bool:
@@ -35,7 +37,8 @@ def _alive(pid: int) -> bool:
 def _run_stack(tmp_path, extra_env: dict[str, str]):
     """Start devstack.run, wait for its banner; return (process, banner text)."""
     env = {**os.environ, "RUN_DIR": str(tmp_path), "RUN_WS_PORT": str(free_port()),
-           "RUN_DISPATCHER_PORT": str(free_port()), "RUN_RATE": "300", **extra_env}
+           "RUN_DISPATCHER_PORT": str(free_port()), "RUN_FRONT_PORT": str(free_port()),
+           "RUN_RATE": "300", **extra_env}
     for name in ("SHARDCAST_KAFKA_BOOTSTRAP", "SHARDCAST_REDIS_URL"):
         if name not in extra_env:
             env.pop(name, None)
@@ -70,24 +73,63 @@ def _watch_ticks(url: str, banner: str) -> None:
     client.close()
 
 
+def _banner(text: str) -> list[str]:
+    """The banner's lines, from "shardcast is up" on."""
+    return text[text.index("shardcast is up"):].splitlines()
+
+
+def _front_door_first(text: str) -> tuple[str, int] | None:
+    """The banner leads with the front door and the demo page behind it: (its URL, its port)."""
+    lines = _banner(text)
+    if not NGINX:
+        assert lines[1].startswith("  front door: none (nginx not found")
+        return None
+    url = re.fullmatch(r"  front door \(one URL, nginx over the live shards\): (ws://127\.0\.0\.1:(\d+)/ws)",
+                       lines[1])
+    assert url is not None, lines[:3]
+    token = re.search(r"demo token \(every token, 24 h\): (\S+)", text).group(1)
+    assert lines[2] == f"  demo page: http://127.0.0.1:{url[2]}/?token={token}"
+    return url[1], int(url[2])
+
+
+def _check_front_door(front: tuple[str, int] | None, text: str) -> None:
+    """Through the front door: live ticks on /ws, the demo page on /, its own /healthz."""
+    if front is None:
+        return
+    url, port = front
+    _watch_ticks(url, text)
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/").read()
+    assert b"<title>shardcast" in page  # a shard's demo page, through nginx
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as r:
+        assert json.loads(r.read()) == {"ok": True, "shards": ["shard-1", "shard-2", "shard-3"]}
+
+
 def test_run_starts_everything_serves_live_ticks_and_ctrl_c_cleans_up(tmp_path):
-    """The stack starts Kafka, Redis, 3 shards, dispatcher, producer; ticks flow; SIGINT stops all."""
+    """The stack starts Kafka, Redis, 3 shards, dispatcher, producer and the front door; the banner
+    leads with the front door, then Kafka and Redis in use; ticks flow; SIGINT stops all."""
     run, text = _run_stack(tmp_path, {})
     try:
         pids = [int(p) for p in re.findall(r"pid=(\d+)", text)]
-        assert len(pids) == 7  # redis, kafka, 3 shards, dispatcher, producer
+        assert len(pids) == 7 + NGINX  # redis, kafka, 3 shards, dispatcher, producer, front door
+        front = _front_door_first(text)
+        bootstrap = re.search(r"kafka=(\S+)", text).group(1)
+        redis_url = re.search(r"redis=(redis://\S+)", text).group(1)
+        assert f"  Kafka bootstrap: {bootstrap}  (topic ticks)" in _banner(text)
+        assert f"  Redis URL: {redis_url}  (namespace shardcast)" in _banner(text)
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", bootstrap) and redis_url.startswith("redis://127.0.0.1:")
         urls = re.findall(r"shard WebSocket: (ws://\S+)", text)
         assert len(urls) == 3
         _watch_ticks(urls[1], text)
         page = urllib.request.urlopen(urls[1].replace("ws://", "http://").removesuffix("ws")).read()
         assert b"<title>shardcast" in page  # the demo page each shard serves
-        redis_url = re.search(r"redis=(redis://\S+)", text).group(1)
+        _check_front_door(front, text)
         assert redis.Redis.from_url(redis_url).scard("shardcast:shards") == 3
     finally:
         _interrupt(run)
     assert run.returncode == 0
     time.sleep(0.5)
     assert [p for p in pids if _alive(p)] == []
+    assert front is None or not port_open("127.0.0.1", front[1])  # nginx went with its front door
     assert "nothing left running" in (tmp_path / "run.out").read_text()
 
 
@@ -97,8 +139,11 @@ def test_run_against_existing_kafka_and_redis_leaves_no_registry_entries(tmp_pat
                                       "SHARDCAST_REDIS_URL": redis_server.url})
     try:
         pids = [int(p) for p in re.findall(r"pid=(\d+)", text)]
-        assert len(pids) == 5  # 3 shards, dispatcher, producer: no servers of its own
+        assert len(pids) == 5 + NGINX  # 3 shards, dispatcher, producer, front door: no servers of its own
+        assert f"  Kafka bootstrap: {kafka.bootstrap}  (topic ticks)" in _banner(text)
+        assert f"  Redis URL: {redis_server.url}  (namespace shardcast)" in _banner(text)
         _watch_ticks(re.findall(r"shard WebSocket: (ws://\S+)", text)[0], text)
+        _check_front_door(_front_door_first(text), text)
         r = redis.Redis.from_url(redis_server.url)
         assert r.scard("shardcast:shards") == 3
     finally:

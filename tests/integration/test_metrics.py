@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.metrics import STANDARD_NAMES
 from demo.producer import METRIC_NAMES as PRODUCER_NAMES
 from devstack.procs import free_port
 from devstack.stack import start_producer
@@ -48,8 +50,8 @@ def test_dispatcher_and_shard_metrics_count_real_traffic_exactly(stack):
     dm = wait_for(lambda: (m := scrape(d.http_port))
                   and value(m, "shardcast_dispatcher_records_consumed", "_total") == 50
                   and m["shardcast_dispatcher_consumer_lag_records"] and m, what="consumed")[0]
-    assert set(dm) == set(DISPATCHER_NAMES)
-    assert value(dm, "shardcast_dispatcher_records_routed", "_total") == 50
+    assert set(dm) == set(DISPATCHER_NAMES) | set(STANDARD_NAMES)
+    assert value(dm, "shardcast_dispatcher_records_routed", "_total") == 40  # unrouted ones excluded
     assert value(dm, "shardcast_dispatcher_deliveries", "_total") == 40
     assert value(dm, "shardcast_dispatcher_records_unrouted", "_total") == 10
     assert value(dm, "shardcast_dispatcher_shard_records_offered", "_total", shard="A") == 40
@@ -67,7 +69,7 @@ def test_dispatcher_and_shard_metrics_count_real_traffic_exactly(stack):
     assert 0 <= value(dm, "shardcast_dispatcher_registry_sync_age_seconds") < 5
 
     am, bm = scrape(a.ws_port), scrape(b.ws_port)
-    assert set(am) == set(bm) == set(SHARD_NAMES)
+    assert set(am) == set(bm) == set(SHARD_NAMES) | set(STANDARD_NAMES)
     assert value(am, "shardcast_shard_records_received", "_total") == 40
     assert value(am, "shardcast_shard_frames_queued", "_total") == 40
     assert value(am, "shardcast_shard_frames_written", "_total") == 41  # 40 ticks + the subscribe ack
@@ -80,6 +82,36 @@ def test_dispatcher_and_shard_metrics_count_real_traffic_exactly(stack):
     assert value(am, "shardcast_shard_ingest_streams") == 1
     assert value(bm, "shardcast_shard_records_received", "_total") == 0
     assert value(bm, "shardcast_shard_batches_received", "_total") == 0
+
+
+def test_shard_and_dispatcher_export_the_standard_process_and_python_metrics(stack):
+    """Both /metrics carry process_* (this process's RSS, CPU, fds) and python_* (info, GC) families."""
+    a = stack.shard("A")
+    d = stack.dispatcher()
+    for port, proc in ((a.ws_port, a.proc), (d.http_port, d.proc)):
+        m = scrape(port)
+        assert value(m, "process_resident_memory_bytes") > 10 << 20  # a real interpreter's RSS
+        assert value(m, "process_cpu_seconds", "_total") > 0
+        assert value(m, "process_open_fds") >= 3
+        with open(f"/proc/{proc.pid}/stat") as f:  # the child's own start, not pytest's
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        assert value(m, "process_start_time_seconds") == pytest.approx(
+            _boot_time() + start_ticks / _clock_ticks(), abs=0.02)
+        [(labels, one)] = m["python_info"].items()
+        assert one == 1 and dict(labels[1:])["implementation"] == "CPython"
+        assert dict(labels[1:])["major"] == "3"
+        gens = {dict(k[1:])["generation"] for k in m["python_gc_objects_collected"]}
+        assert gens == {"0", "1", "2"}
+        assert sum(m["python_gc_collections"].values()) > 0
+
+
+def _boot_time() -> float:
+    with open("/proc/stat") as f:
+        return float(next(line for line in f if line.startswith("btime")).split()[1])
+
+
+def _clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
 
 
 def test_demo_producer_serves_metrics(stack):

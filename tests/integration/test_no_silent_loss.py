@@ -9,11 +9,19 @@ import subprocess
 import time
 
 import pytest
-from kafka.partitioner.default import murmur2
 
 from devstack.procs import free_port
 from devstack.redis_server import RedisServer
-from tests.integration.helpers import WsClient, produce, producer, wait_for
+from tests.integration.helpers import (
+    GAP_DISPATCHER_FLAGS,
+    GAP_NEW,
+    GAP_OLD,
+    GAP_SHARD_FLAGS,
+    WsClient,
+    overflow_while_frozen,
+    producer,
+    wait_for,
+)
 from tests.integration.seqcheck import TickFeed, Watcher
 
 pytestmark = pytest.mark.integration
@@ -157,27 +165,13 @@ def test_dispatcher_failover_replays_without_duplicates(stack):
 def test_dropped_records_with_no_value_to_resync_close_their_clients_4010(stack):
     """Records dropped for a frozen shard: a token whose latest value the dispatcher still has is
     resynced; one it has forgotten (--last-values-max 1) gets a gap marker, and its subscribers 4010."""
-    a = stack.shard("A", "--ingest-window", "1", "--heartbeat-ttl-s", "60")
-    # No stream pings: the one credit is used by the first record below, so no batch (and no
-    # resync) can leave while A is frozen, and the resync carries the values consumed last.
-    d = stack.dispatcher("targeted", "--max-poll-records", "100", "--shard-queue-records", "200",
-                         "--last-values-max", "1", "--stream-ping-s", "60")
-    # Two tokens of one partition (of 3), so "consumed last" is the order they were produced in.
-    old, new = "GAP-2", "GAP-6"
-    assert len({(murmur2(t.encode()) & 0x7FFFFFFF) % 3 for t in (old, new)}) == 1  # Kafka's default
+    a = stack.shard("A", *GAP_SHARD_FLAGS)
+    d = stack.dispatcher("targeted", *GAP_DISPATCHER_FLAGS)
+    old, new = GAP_OLD, GAP_NEW
     clients = {t: WsClient(a.ws_url) for t in (old, new)}
     for token, client in clients.items():
         client.subscribe(token)
-    os.kill(a.proc.pid, signal.SIGSTOP)
-    try:
-        feed = producer(stack.kafka.bootstrap)
-        produce(feed, stack.c.topic, [(old, b'{"s":-1}')])
-        wait_for(lambda: d.stats()["shards"]["A"]["in_flight_records"] == 1, what="A's one credit used")
-        produce(feed, stack.c.topic, [((old, new)[i % 2], b'{"s":%d}' % i) for i in range(1000)])
-        wait_for(lambda: d.stats()["shards"]["A"]["records_dropped"] > 0, what="A's queue overflowing")
-        wait_for(lambda: d.stats()["shards"]["A"]["records_offered"] == 1001, what="all offered to A")
-    finally:
-        os.kill(a.proc.pid, signal.SIGCONT)
+    overflow_while_frozen(a, d, producer(stack.kafka.bootstrap), stack.c.topic)
     outcomes = {t: _until_resync_or_close(c) for t, c in clients.items()}
     # The one-entry last-value map holds `new` (consumed last): `old` has no value to resync with.
     assert outcomes == {old: ("closed with 4010", 0), new: ("resync", 999)}, outcomes

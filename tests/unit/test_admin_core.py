@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
 import pytest
+from shardcast.v1 import admin_pb2
 
 from common.drain import MAX_WINDOW_S, check_window, close_steps
 from common.metrics import FastHistogram
+from common.records import Record
 from common.registry import ShardInfo
+from dispatcher import admin
 from dispatcher.admin import table
 from dispatcher.admin_core import AdminCode, AdminCore, AdminError, DrainView
 from dispatcher.config import parse_args
@@ -24,6 +28,10 @@ class FakeControl:
         self.calls.append((grpc_addr, shard_id, window_s))
         return iter([DrainView(shard_id, 0, 3, True)])
 
+    def undrain(self, grpc_addr, shard_id):
+        self.calls.append((grpc_addr, shard_id))
+        return shard_id != "A"  # A is live: nothing to undrain
+
 
 class FakePublisher:
     def publish(self, token, payload):
@@ -34,12 +42,14 @@ def _core(cluster_ok: bool = True):
     table = RoutingTable()
     table.healthy = True
     table.replace({"T-1": {"A"}, "T-2": {"A", "GONE"}})
-    live = {sid: ShardInfo(sid, f"{sid}:9", f"ws://{sid}/ws", 1, 10**13, 4, 2) for sid in ("A", "B")}
+    live = {sid: ShardInfo(sid, f"{sid}:9", f"ws://{sid}/ws", 1, 10**13, 4, 2, state=state)
+            for sid, state in (("A", "live"), ("B", "live"), ("C", "drained"))}
     sync = SimpleNamespace(table=table, live=live, dead=["GONE"], healthy=True, last_sync_s=0.0,
                            shards_for=table.shards_for)
     streams = SimpleNamespace(stats=lambda: {}, dropped_gone=0, routable=frozenset(live))
-    d = SimpleNamespace(sync=sync, router=Router(sync, Mode.TARGETED), streams=streams,
-                        cfg=parse_args(["--max-publish-bytes", "10"]))
+    loop = SimpleNamespace(records_consumed=0, records_invalid=0, lag={})
+    d = SimpleNamespace(sync=sync, router=Router(sync, Mode.TARGETED), streams=streams, loop=loop,
+                        started=0.0, cfg=parse_args(["--max-publish-bytes", "10", "--id", "d9"]))
     modes: list[Mode] = []
     core = AdminCore(d, FakeControl(), FakePublisher(), lambda m: modes.append(m) or cluster_ok)
     return core, d, modes
@@ -67,7 +77,8 @@ def test_set_mode_switches_the_router_and_reports_the_previous_mode():
     change = core.set_mode("broadcast")
     assert (change.previous, change.mode, change.cluster_wide) == (Mode.TARGETED, Mode.BROADCAST, False)
     assert d.router.mode is Mode.BROADCAST and modes == [Mode.BROADCAST]
-    assert core.lookup("NONE").shard_ids == ("A", "B")
+    # A drained shard is still streamed, so broadcast reaches it too (its hub drops unwatched records).
+    assert core.lookup("NONE").shard_ids == ("A", "B", "C")
     assert _err(core.set_mode, "").code is AdminCode.INVALID_ARGUMENT
 
 
@@ -91,12 +102,78 @@ def test_publish_limits_payload_size():
     assert err.code is AdminCode.INVALID_ARGUMENT and "11 bytes" in err.message
 
 
-def test_list_shards_includes_dead_ones():
-    """Live shards carry their heartbeat load; registered-but-silent shards show as dead."""
+def test_list_shards_includes_drained_and_dead_ones():
+    """Live shards carry their heartbeat load; a drained shard stays listed; silent ones show as dead."""
     core, _, _ = _core()
     views = {v.shard_id: v for v in core.list_shards()}
     assert views["A"].state == "live" and views["A"].connections == 4
+    assert views["C"].state == "drained"
     assert views["GONE"].state == "dead"
+
+
+def test_undrain_reaches_the_shard_and_reports_the_state_it_left():
+    """Undrain calls the shard's control RPC; the answer says drained -> live (or live when idle)."""
+    core, _, _ = _core()
+    assert _err(core.undrain, "").code is AdminCode.INVALID_ARGUMENT
+    assert _err(core.undrain, "NOPE").code is AdminCode.NOT_FOUND
+    assert _err(core.undrain, "GONE").code is AdminCode.NOT_FOUND  # dead: nothing to undrain
+    assert core.control.calls == []
+    v = core.undrain("C")
+    assert (v.shard_id, v.previous, v.state) == ("C", "drained", "live")
+    assert (core.undrain("A").previous, core.control.calls) == ("live", [("C:9", "C"), ("A:9", "A")])
+
+
+def test_stats_count_routed_records_apart_from_unrouted_ones():
+    """GetStats: routed counts only records queued for a shard; routed + unrouted = all routed over."""
+    core, d, _ = _core()
+    recs = [Record("T-1", 0, i, b"{}") for i in range(3)] + [Record("NONE", 0, 9, b"{}")]
+    d.router.route(recs, frozenset({"A", "B"}))
+    s = core.stats()
+    assert (s.records_routed, s.records_unrouted, s.deliveries) == (3, 1, 3)
+    assert s.dispatcher_id == "d9"
+
+
+class FakeStub:
+    """Answers the CLI's calls with fixed messages (the CLI's rendering, not the API, is tested)."""
+
+    def ListShards(self, request, **kw):  # noqa: N802
+        return admin_pb2.ListShardsResponse(shards=[
+            admin_pb2.ShardStatus(shard_id="A", state=admin_pb2.SHARD_STATE_DRAINED, connections=0)])
+
+    def GetStats(self, request, **kw):  # noqa: N802
+        return admin_pb2.GetStatsResponse(dispatcher_id="d1", records_consumed=10, records_routed=6,
+                                          records_unrouted=4, deliveries=12)
+
+    def UndrainShard(self, request, **kw):  # noqa: N802
+        return admin_pb2.UndrainShardResponse(
+            shard_id=request.shard_id, previous=admin_pb2.SHARD_STATE_DRAINED,
+            state=admin_pb2.SHARD_STATE_LIVE)
+
+
+@pytest.mark.parametrize("argv", [["--json", "shards"], ["shards", "--json"]])
+def test_cli_json_flag_works_before_and_after_the_command(argv, capsys):
+    """`--json` is accepted on either side of the command and prints the raw answer as JSON."""
+    a = admin.parser().parse_args(argv)
+    admin.run(a, FakeStub(), [])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["shards"][0]["shard_id"] == "A" and doc["shards"][0]["state"] == "SHARD_STATE_DRAINED"
+
+
+def test_cli_without_json_prints_tables_with_true_labels(capsys):
+    """Without --json the tables name the states and keep routed apart from unrouted records."""
+    assert admin.parser().parse_args(["shards"]).json is False
+    admin.run(admin.parser().parse_args(["shards"]), FakeStub(), [])
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["A", "drained", "0"]
+    admin.run(admin.parser().parse_args(["stats"]), FakeStub(), [])
+    head = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]
+    rows = dict(line.rsplit(None, 1) for line in head)
+    assert rows["records routed (to >= 1 shard)"] == "6"
+    assert rows["records unrouted (no shard wanted them)"] == "4"
+    assert rows["fan-out per routed record"] == "2.000"
+    admin.run(admin.parser().parse_args(["undrain", "A", "--json"]), FakeStub(), [])
+    assert json.loads(capsys.readouterr().out)["previous"] == "SHARD_STATE_DRAINED"
+    admin.run(admin.parser().parse_args(["undrain", "A"]), FakeStub(), [])
+    assert capsys.readouterr().out.strip() == "A: drained -> live, accepting clients"
 
 
 def test_close_steps_spread_every_client_over_the_window():

@@ -1,12 +1,18 @@
 """Process configuration: flags over env vars over defaults, validated in one place."""
 
+import argparse
+import dataclasses
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
+from dispatcher import config as dispatcher_config
 from dispatcher.config import parse_args as dispatcher_args
 from dispatcher.routing import Mode
+from shard import config as shard_config
 from shard.config import parse_args as shard_args
 
 
@@ -39,12 +45,49 @@ def test_shard_advertises_bind_host_by_default():
     assert shard_args(["--advertise-host", "shard9.local"]).grpc_addr.startswith("shard9.local:")
 
 
-@pytest.mark.parametrize("module", ["dispatcher", "shard"])
-def test_help_lists_every_option_with_its_env_var(module):
-    """`python -m <process> --help` documents each flag with its environment variable."""
+def _parser(parse_args, monkeypatch) -> argparse.ArgumentParser:
+    """The parser a config's parse_args builds, caught as it is about to parse."""
+    caught = []
+
+    def catch(self, *args, **kw):
+        caught.append(self)
+        raise SystemExit(0)
+
+    with monkeypatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", catch)
+        with pytest.raises(SystemExit):
+            parse_args([])
+    return caught[0]
+
+
+# Config fields fed by a flag of another name (every other field is its flag's dest).
+RENAMED = {"shard_id": "id", "dispatcher_id": "id", "grpc_advertise_host": "advertise_host",
+           "max_subscriptions_per_client": "max_subscriptions", "ingest_window_batches": "ingest_window",
+           "verifier": "jwt_secret"}
+ENV_OF_ID = {"shard": "SHARDCAST_SHARD_ID", "dispatcher": "SHARDCAST_DISPATCHER_ID"}
+
+
+@pytest.mark.parametrize("module, parse_args, config_cls", [
+    ("dispatcher", dispatcher_args, dispatcher_config.DispatcherConfig),
+    ("shard", shard_args, shard_config.ShardConfig),
+])
+def test_help_lists_every_option_with_its_env_var(module, parse_args, config_cls, monkeypatch):
+    """`python -m <process> --help` documents every flag of the parser with its own SHARDCAST_* variable,
+    and every config field comes from a flag."""
+    parser = _parser(parse_args, monkeypatch)
+    options = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    dests = {a.dest for a in options}
+    assert [f.name for f in dataclasses.fields(config_cls) if RENAMED.get(f.name, f.name) not in dests] == []
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    assert "SHARDCAST_REDIS_URL" in out and "--namespace" in out
+                         check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+    # One entry per option: from its line in the help to the next option's line, whitespace folded.
+    entries = {m.group(1): " ".join(m.group(2).split())
+               for m in re.finditer(r"^  (?:-h, )?(--[a-z0-9-]+)(.*?)(?=^  -|\Z)", out, re.M | re.S)}
+    assert sorted(entries) == sorted(["--help", *(a.option_strings[0] for a in options)])
+    for action in options:
+        flag = action.option_strings[0]
+        env = ENV_OF_ID[module] if flag == "--id" else "SHARDCAST_" + flag[2:].upper().replace("-", "_")
+        assert re.search(rf"\benv {env}\b", entries[flag]), (flag, entries[flag])
 
 
 def test_free_port_never_repeats():

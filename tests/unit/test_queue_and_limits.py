@@ -135,13 +135,48 @@ def test_token_bucket_rate_and_burst():
     assert b.take() and not b.take()
 
 
+class RecordingRandom(random.Random):
+    """Draws like random.Random(seed) but records each uniform(lo, hi) range it was asked for."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return super().uniform(a, b)
+
+
 def test_backoff_grows_caps_and_resets():
-    """Delays grow exponentially up to the cap, stay jittered, and reset after success."""
-    b = Backoff(base_s=0.1, cap_s=1.0, rng=random.Random(1))
-    delays = [b.next_delay_s() for _ in range(8)]
-    assert delays[0] <= 0.1 and all(d <= 1.0 for d in delays) and max(delays) >= 0.5
+    """Bounds double from base to the cap; each delay is drawn from [bound/2, bound]; reset starts over."""
+    rng = RecordingRandom(1)
+    b = Backoff(base_s=0.1, cap_s=1.0, rng=rng)
+    delays = [b.next_delay_s() for _ in range(6)]
+    bounds = [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert rng.ranges == [(x / 2, x) for x in bounds]
+    reference = random.Random(1)
+    assert delays == [reference.uniform(x / 2, x) for x in bounds]
     b.reset()
-    assert b.next_delay_s() <= 0.1
+    b.next_delay_s()
+    assert rng.ranges[-1] == (0.05, 0.1)
+
+
+def test_backoff_delays_are_jittered_not_the_bound():
+    """The delay is the random draw, not the bound: different seeds give different delays, each below it."""
+    draws = {Backoff(base_s=1.0, cap_s=1.0, rng=random.Random(seed)).next_delay_s() for seed in range(20)}
+    assert len(draws) == 20 and all(0.5 <= d < 1.0 for d in draws)
+    reference = random.Random(7)
+    b = Backoff(base_s=0.1, cap_s=5.0, rng=random.Random(7))
+    assert [b.next_delay_s() for _ in range(3)] == [reference.uniform(x / 2, x) for x in (0.1, 0.2, 0.4)]
+
+
+def test_backoff_attempts_stop_counting_at_32():
+    """The exponent saturates at 32 (no huge integers after a long outage): the bound stays base * 2**32."""
+    rng = RecordingRandom(3)
+    b = Backoff(base_s=1e-12, cap_s=1e9, rng=rng)
+    for _ in range(40):
+        b.next_delay_s()
+    assert b.attempt == 32 and rng.ranges[-1] == (1e-12 * 2**31, 1e-12 * 2**32)
 
 
 def test_keepalive_pings_quiet_clients_and_closes_silent_ones():
@@ -156,3 +191,19 @@ def test_keepalive_pings_quiet_clients_and_closes_silent_ones():
         is Action.NONE
     assert keepalive_action(70, last_rx=5, last_ping=50, ping_interval_s=20, idle_timeout_s=60) \
         is Action.CLOSE
+
+
+def test_keepalive_boundaries_are_inclusive():
+    """Quiet exactly idle_timeout_s: close; quiet and unpinged exactly ping_interval_s: ping; else nothing."""
+    from shard.keepalive import Action, keepalive_action
+
+    def act(now, last_rx, last_ping):
+        return keepalive_action(now, last_rx=last_rx, last_ping=last_ping, ping_interval_s=20,
+                                idle_timeout_s=60)
+
+    assert act(65, 5, 0) is Action.CLOSE
+    assert act(64.5, 5, 50) is Action.NONE  # quiet 59.5 s, pinged 14.5 s ago
+    assert act(25, 5, 0) is Action.PING
+    assert act(45, 5, 25) is Action.PING
+    assert act(44.5, 5, 25) is Action.NONE
+    assert act(24.5, 5, 0) is Action.NONE

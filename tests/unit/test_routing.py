@@ -1,5 +1,9 @@
 """Routing table and router decisions (pure)."""
 
+import random
+
+import pytest
+
 from common.records import Record
 from common.registry import Change, ShardInfo, decode_change, expiry_margin_ms
 from dispatcher.routing import Mode, Router, RoutingTable
@@ -57,23 +61,67 @@ def test_unhealthy_table_falls_back_to_broadcast():
     assert r.counters.fallback_batches == 1
 
 
+def _routes(t: RoutingTable) -> dict[str, set[str]]:
+    return {token: set(shards) for token, shards in t._routes.items()}
+
+
 def test_table_applies_changes_and_resets():
-    """Route adds/removes patch the table; a reset removes one shard everywhere."""
-    t = _table({"A": {"s1"}})
+    """Route adds/removes patch the table; a reset removes one shard everywhere and nothing else."""
+    t = _table({"A": {"s1"}, "C": {"s3"}})
     t.apply(Change("route", "s2", add=("A", "B")))
-    assert t.shards_for("A") == {"s1", "s2"} and t.shards_for("B") == {"s2"}
-    t.apply(Change("route", "s1", remove=("A",)))
-    assert t.shards_for("A") == {"s2"}
+    assert _routes(t) == {"A": {"s1", "s2"}, "B": {"s2"}, "C": {"s3"}}
+    t.apply(Change("route", "s1", remove=("A", "never-routed")))
+    assert _routes(t) == {"A": {"s2"}, "B": {"s2"}, "C": {"s3"}}
+    t.apply(Change("route", "s3", add=("B",)))
     t.apply(Change("reset", "s2"))
-    assert len(t) == 0
+    assert _routes(t) == {"B": {"s3"}, "C": {"s3"}} and len(t) == 2
+    assert sorted(t.tokens_of("s3")) == ["B", "C"]
+    assert t.tokens_of("s2") == []
+    t.apply(Change("up", "s3"))  # not a route change: ignored
+    assert _routes(t) == {"B": {"s3"}, "C": {"s3"}}
 
 
-def test_replaying_changes_over_newer_snapshot_converges():
-    """Changes that the snapshot already contains, replayed in order, leave the table correct."""
-    t = _table({"A": set()})  # snapshot taken after add+del of (A, s1)
-    t.apply(Change("route", "s1", add=("A",)))
-    t.apply(Change("route", "s1", remove=("A",)))
-    assert t.shards_for("A") == frozenset()
+def _history(seed: int, n: int) -> list[Change]:
+    """A random change feed over 4 shards and 6 tokens: adds, removes and resets."""
+    rng = random.Random(seed)
+    shards, tokens = ["s1", "s2", "s3", "s4"], ["A", "B", "C", "D", "E", "F"]
+    out = []
+    for _ in range(n):
+        shard = rng.choice(shards)
+        if rng.random() < 0.1:
+            out.append(Change("reset", shard))
+        else:
+            out.append(Change("route", shard, add=tuple(rng.sample(tokens, rng.randint(0, 3))),
+                              remove=tuple(rng.sample(tokens, rng.randint(0, 3)))))
+    return out
+
+
+def _truth(changes: list[Change]) -> dict[str, set[str]]:
+    """What Redis holds after `changes`: a plain model of the route sets, one change at a time."""
+    routes: dict[str, set[str]] = {}
+    for c in changes:
+        if c.op == "reset":
+            for shards in routes.values():
+                shards.discard(c.shard)
+        for token in c.add:
+            routes.setdefault(token, set()).add(c.shard)
+        for token in c.remove:
+            routes.get(token, set()).discard(c.shard)
+    return {t: s for t, s in routes.items() if s}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_replaying_changes_over_newer_snapshot_converges(seed):
+    """Subscribed at change k, snapshot at m >= k: replaying changes k.. over it gives Redis's table."""
+    changes = _history(seed, 40)
+    final = _truth(changes)
+    assert final  # a non-trivial table: replays must rebuild real routes
+    for sub in range(0, 40, 7):
+        for snap in range(sub, 41, 5):
+            t = _table(_truth(changes[:snap]))  # the snapshot already contains changes sub..snap-1
+            for change in changes[sub:]:
+                t.apply(change)
+            assert _routes(t) == final, (sub, snap)
 
 
 def test_decode_change_rejects_garbage():
@@ -136,3 +184,48 @@ def test_router_lets_a_batch_lookup_prefetch_the_poll_tokens():
     lookup = Batch({"B": frozenset({"s2"})})
     plan = Router(lookup).route([Record("A", b"1"), Record("B", b"2"), Record("B", b"3")], ["s1", "s2"])
     assert lookup.prepared == [{"A", "B"}] and list(plan) == ["s2"]
+
+
+def test_a_new_table_is_empty_and_not_yet_trusted():
+    """Before the first load the table routes nothing and is unhealthy (the router broadcasts)."""
+    t = RoutingTable()
+    assert (len(t), t.healthy, t.shards_for("A"), t.tokens_of("s1")) == (0, False, frozenset(), [])
+
+
+def test_router_counters_add_up_over_polls_in_every_mode():
+    """records, deliveries, unrouted and fallback_batches accumulate exactly across polls and modes."""
+    t = _table({"A": {"s1", "s2"}, "B": {"s2"}})
+    r = Router(t)
+    recs = [Record("A", b""), Record("B", b""), Record("Z", b""), Record("Y", b"")]
+    r.route(recs, {"s1", "s2"})
+    r.route(recs, {"s1", "s2"})
+    assert (r.counters.records, r.counters.deliveries, r.counters.unrouted) == (8, 6, 4)
+    assert r.route(recs, set()) == {} and r.route([], {"s1"}) == {}
+    assert (r.counters.records, r.counters.deliveries, r.counters.unrouted) == (12, 6, 8)
+    t.healthy = False
+    r.route(recs, {"s1", "s2"})
+    r.route(recs[:1], {"s1", "s2"})
+    assert (r.counters.fallback_batches, r.counters.deliveries, r.counters.records) == (2, 16, 17)
+    r.mode = Mode.BROADCAST  # a chosen broadcast is no fallback
+    r.route(recs, {"s1", "s2", "s3"})
+    assert (r.counters.fallback_batches, r.counters.deliveries, r.counters.unrouted) == (2, 28, 8)
+    assert r.route([], {"s1"}) == {} and r.route(recs, set()) == {}  # nothing to send, or nobody to get it
+    assert (r.counters.records, r.counters.deliveries, r.counters.unrouted) == (25, 28, 12)
+
+
+def test_a_lookup_that_says_nothing_about_caching_is_cached_per_poll():
+    """Without a cache_per_poll attribute the router asks the lookup once per distinct token."""
+
+    class Plain:
+        healthy = True
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def shards_for(self, token: str) -> frozenset[str]:
+            self.calls += 1
+            return frozenset({"s1"})
+
+    lookup = Plain()
+    plan = Router(lookup).route([Record("A", b"1"), Record("A", b"2"), Record("B", b"3")], {"s1"})
+    assert lookup.calls == 2 and [r.payload for r in plan["s1"]] == [b"1", b"2", b"3"]
