@@ -8,7 +8,7 @@ KAFKA_LIB := $(CACHE)/kafka/lib
 PROTOS := $(wildcard protos/shardcast/v1/*.proto)
 
 .PHONY: all deps protos kafka-jars redis node-deps chromium nginx run test unit lint clean compose-up compose-down compose-rehearse \
-	bench bench-matrix bench-routing chaos mutation
+	bench bench-matrix bench-routing chaos mutation centrifugo bench-peers
 
 all: deps protos
 
@@ -130,3 +130,20 @@ mutation: deps protos
 		END { for (m in t) printf "%-22s %4d/%-4d killed %5.1f%%\n", m, k[m], t[m], 100 * k[m] / t[m] | "sort"; \
 		close("sort"); printf "%-22s %4d/%-4d killed %5.1f%%\n", "overall", K, T, 100 * K / T; exit (K < 0.9 * T) }'
 	@echo "survivors: .venv/bin/mutmut results; a diff: .venv/bin/mutmut show <name>"
+
+# Side by side with Centrifugo and two Python floors, one core each (issue 10); see docs/benchmarks.md
+# "Peers". PEERS_REPS repetitions (3), PEERS_QUICK=1 for the reduced profile, PEERS_SYSTEMS to choose.
+# Centrifugo comes from its pinned Go module into the ignored cache; without go it is skipped.
+CENTRIFUGO_VERSION := v6.9.1
+CENTRIFUGO := $(CACHE)/go/bin/centrifugo
+
+centrifugo:
+	@if ! command -v go >/dev/null; then echo "go not found: bench-peers will skip Centrifugo"; \
+	elif go version -m $(CENTRIFUGO) 2>/dev/null | grep -q "centrifugo/v6[[:space:]]*$(CENTRIFUGO_VERSION)"; then :; \
+	else echo "building Centrifugo $(CENTRIFUGO_VERSION) with go install (a few minutes)"; \
+		GOBIN="$(CURDIR)/$(CACHE)/go/bin" go install github.com/centrifugal/centrifugo/v6@$(CENTRIFUGO_VERSION) || \
+		echo "go install failed: bench-peers will skip Centrifugo"; fi
+
+bench-peers: deps protos kafka-jars redis centrifugo
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-bench.txt
+	ulimit -n $$(ulimit -Hn); $(PY) -m bench.peers
