@@ -9,7 +9,18 @@ import time
 import uuid
 from pathlib import Path
 
-from devstack.procs import ROOT, port_open, spawn, stop, wait_until
+from devstack.procs import (
+    BIND_ATTEMPTS,
+    IN_USE,
+    ROOT,
+    file_size,
+    free_port,
+    log_since,
+    port_open,
+    spawn,
+    stop,
+    wait_until,
+)
 
 KAFKA_LIB = ROOT / ".cache" / "kafka" / "lib"
 LOG4J = ROOT / "devstack" / "kafka" / "log4j2.properties"
@@ -39,12 +50,20 @@ log.segment.bytes=67108864
 
 
 class KafkaServer:
-    """One broker+controller process; data under `workdir`, removed on `stop(wipe=True)`."""
+    """One broker+controller process; data under `workdir`, removed on `stop(wipe=True)`.
 
-    def __init__(self, workdir: Path, port: int, controller_port: int) -> None:
+    Ports work as in `RedisServer`: 0 means any free port, retried with other
+    free ports (a bounded number of times) when the broker exits because one
+    was taken before it bound it; the broker must be told its port up front,
+    since it advertises it. A given port is used exactly unless `fallback`.
+    """
+
+    def __init__(self, workdir: Path, port: int = 0, controller_port: int = 0,
+                 fallback: bool = False) -> None:
         self.workdir = workdir
         self.port = port
         self.controller_port = controller_port
+        self.fallback = fallback or port == 0 or controller_port == 0
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -61,8 +80,26 @@ class KafkaServer:
                 "-cp", f"{KAFKA_LIB}/*", *args]
 
     def start(self, timeout_s: float = 90) -> KafkaServer:
-        """Format fresh storage, start the broker, wait for a metadata answer."""
+        """Format fresh storage, start the broker, wait for a metadata answer from it."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        log = self.workdir / "kafka.log"
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            self.port = self.port or free_port()
+            self.controller_port = self.controller_port or free_port()
+            offset = file_size(log)
+            try:
+                self._start_on(log, timeout_s)
+            except RuntimeError:
+                if not (self.fallback and attempt < BIND_ATTEMPTS and IN_USE in log_since(log, offset)):
+                    raise
+                self.port = self.controller_port = 0  # one was taken meanwhile: other free ports
+                continue
+            self.fallback = False  # from now on this is the address clients know
+            return self
+        raise AssertionError("unreachable")
+
+    def _start_on(self, log: Path, timeout_s: float) -> None:
+        """Start on the current ports; RuntimeError if the broker exits (e.g. a port is taken)."""
         data = self.workdir / "data"
         shutil.rmtree(data, ignore_errors=True)
         props = self.workdir / "server.properties"
@@ -74,18 +111,22 @@ class KafkaServer:
         )
         if fmt.returncode != 0:
             raise RuntimeError(f"kafka storage format failed: {fmt.stdout}{fmt.stderr}")
-        self.proc = spawn(self._java("kafka.Kafka", str(props)), self.workdir / "kafka.log")
+        self.proc = spawn(self._java("kafka.Kafka", str(props)), log)
         wait_until(lambda: port_open("127.0.0.1", self.port), timeout_s, "kafka port", proc=self.proc)
-        wait_until(self._metadata_ok, timeout_s, "kafka metadata", interval_s=0.5, proc=self.proc)
-        return self
+        # Our broker answers (its cluster id), not another server holding the port we failed to bind.
+        wait_until(lambda: self._cluster_id() == cluster_id, timeout_s, "kafka metadata",
+                   interval_s=0.5, proc=self.proc)
 
     def _metadata_ok(self) -> bool:
+        """The broker answers a metadata request (bench.chaos_faults waits on it after a restart)."""
+        return bool(self._cluster_id())
+
+    def _cluster_id(self) -> str:
         from kafka import KafkaAdminClient
 
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
         try:
-            admin.list_topics()
-            return True
+            return admin.describe_cluster()["cluster_id"]
         finally:
             admin.close()
 

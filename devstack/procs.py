@@ -1,4 +1,4 @@
-"""Child-process helpers: free ports, readiness waits, and no orphans."""
+"""Child-process helpers: free ports, ports files, readiness waits, and no orphans."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ PR_SET_PDEATHSIG = 1
 
 
 _HANDED_OUT: set[int] = set()
+# Servers that cannot bind port 0 and report it (redis-server, a Kafka broker, which advertises its
+# port): a free port taken before they bind it is retried with another, at most this many times.
+BIND_ATTEMPTS = 5
+IN_USE = "Address already in use"  # how both say so in their logs (strerror of EADDRINUSE)
 
 
 def free_port() -> int:
@@ -47,6 +51,38 @@ def port_bindable(port: int) -> bool:
         return True
 
 
+def read_ports_file(path: Path, timeout_s: float, what: str, proc: subprocess.Popen) -> dict[str, int]:
+    """The ports a child bound, from the `--ports-file` it writes (atomically) once all are bound.
+
+    Fails fast if the child exits first (a port given explicitly may be taken), or after `timeout_s`.
+    """
+    found: dict[str, int] = {}
+
+    def written() -> bool:
+        found.update(json.loads(path.read_text()))
+        return True
+
+    wait_until(written, timeout_s, f"{what}: ports file", interval_s=0.05, proc=proc)
+    return found
+
+
+def log_since(path: Path, offset: int) -> str:
+    """What a log file gained after `offset` bytes (a child's log is appended to across restarts)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -66,6 +102,8 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_
         except Exception:
             pass
         time.sleep(interval_s)
+    if proc is not None and proc.poll() is not None:  # exited during the last, slow check
+        raise RuntimeError(f"{what}: process exited with {proc.returncode}")
     raise TimeoutError(f"{what}: not ready after {timeout_s}s")
 
 

@@ -12,6 +12,9 @@ servers), RUN_SHARDS (3), RUN_PARTITIONS (6), RUN_RATE (ticks/s, 200),
 RUN_TOKENS (300), RUN_MODE (targeted), RUN_WS_PORT (first shard's WebSocket
 port, 8701), RUN_DISPATCHER_PORT (8700), RUN_ADMIN_PORT (8790), RUN_FRONT_PORT
 (the front door, 8780), SHARDCAST_TOPIC (ticks), RUN_DIR (.run: data and logs).
+A port that is taken is replaced by a free one (the banner shows the ports in use);
+a port of 0 means any free port. Our own servers bind port 0 themselves and report
+what they got, so no other process can take a port between its choice and its bind.
 Without nginx (`make nginx` installs it) everything but the front door starts.
 
 Shards and the dispatcher share a random ingest secret per run (made by
@@ -25,13 +28,16 @@ token granting every token for 24 h, and the demo page URL carrying it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import secrets
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -41,17 +47,39 @@ from devstack.frontdoor import FrontDoorProc, find_nginx, start_frontdoor
 from devstack.kafka_server import KafkaServer, create_topic
 from devstack.procs import ROOT, free_port, port_bindable
 from devstack.redis_server import RedisServer
-from devstack.stack import Common, DispatcherProc, start_dispatcher, start_producer, start_shard, stop_all
+from devstack.stack import (
+    Common,
+    DispatcherProc,
+    PortInUseError,
+    start_dispatcher,
+    start_producer,
+    start_shard,
+    stop_all,
+)
 from shard.token import issue
 
 DEMO_TOKEN_TTL_S = 24 * 3600
+T = TypeVar("T")
 
 log = logging.getLogger("run")
 
 
 def _port(preferred: int) -> int:
-    """The preferred port if free, else any free one (so a busy port never blocks `make run`)."""
-    return preferred if port_bindable(preferred) else free_port()
+    """The preferred port if free now, else 0: any free port, picked as the process binds it.
+
+    Only a shortcut around a doomed start: a preferred port taken after this check fails the
+    process's bind (PortInUseError), and `_preferring` starts it again on port 0.
+    """
+    return preferred if preferred and port_bindable(preferred) else 0
+
+
+def _preferring(start: Callable[..., T], **ports: int) -> T:
+    """`start(**ports)` on the preferred ports still free, else on ports the kernel picks."""
+    try:
+        return start(**{name: _port(p) for name, p in ports.items()})
+    except PortInUseError as exc:
+        log.warning("%s; starting it on free ports instead", exc)
+        return start(**dict.fromkeys(ports, 0))
 
 
 def main() -> None:
@@ -68,10 +96,11 @@ def main() -> None:
     urls: list[str] = []
     redis_url = ""
     try:
+        # The preferred ports, or free ones where taken (retried if taken before the server binds).
         redis_url = env.get("SHARDCAST_REDIS_URL") or _start(
-            servers, RedisServer(workdir / "redis", _port(16379))).url
+            servers, RedisServer(workdir / "redis", 16379, fallback=True)).url
         bootstrap = env.get("SHARDCAST_KAFKA_BOOTSTRAP") or _start(
-            servers, KafkaServer(workdir / "kafka", _port(19092), _port(19093))).bootstrap
+            servers, KafkaServer(workdir / "kafka", 19092, 19093, fallback=True)).bootstrap
         c = Common(redis_url=redis_url, namespace="shardcast", logdir=workdir / "logs",
                    kafka_bootstrap=bootstrap, topic=env.get("SHARDCAST_TOPIC", "ticks"))
         create_topic(bootstrap, c.topic, int(env.get("RUN_PARTITIONS", "6")))
@@ -82,20 +111,20 @@ def main() -> None:
         shard_c = dataclasses.replace(c, env={**c.env, "SHARDCAST_JWT_SECRET": jwt_secret})
         for i in range(int(env.get("RUN_SHARDS", "3"))):
             sid = f"shard-{i + 1}"
-            sp = start_shard(shard_c, sid, ws_port=_port(ws_base + i),
-                             grpc_port=_port(ws_base + 1000 + i), extra=["--auth", "jwt"])
+            sp = _preferring(functools.partial(start_shard, shard_c, sid, extra=["--auth", "jwt"]),
+                             ws_port=ws_base and ws_base + i, grpc_port=ws_base and ws_base + 1000 + i)
             procs.append(sp.proc)
             shard_ids.append(sid)
             urls.append(sp.ws_url)
             log.info("%s healthy at %s pid=%d", sid, sp.ws_url, sp.proc.pid)
-        dp = start_dispatcher(c, "d1", mode=env.get("RUN_MODE", "targeted"),
-                              http_port=_port(int(env.get("RUN_DISPATCHER_PORT", "8700"))),
-                              admin_port=_port(int(env.get("RUN_ADMIN_PORT", "8790"))))
+        dp = _preferring(functools.partial(start_dispatcher, c, "d1", mode=env.get("RUN_MODE", "targeted")),
+                         http_port=int(env.get("RUN_DISPATCHER_PORT", "8700")),
+                         admin_port=int(env.get("RUN_ADMIN_PORT", "8790")))
         procs.append(dp.proc)
         procs.append(start_producer(c, float(env.get("RUN_RATE", "200")),
                                     int(env.get("RUN_TOKENS", "300"))))
         log.info("dispatcher pid=%d producer pid=%d", dp.proc.pid, procs[-1].pid)
-        front = _front_door(c, workdir, _port(int(env.get("RUN_FRONT_PORT", "8780"))))
+        front = _front_door(c, workdir, _front_port(int(env.get("RUN_FRONT_PORT", "8780"))))
         if front is not None:
             procs.append(front.proc)
         _banner(c, dp, urls, issue(jwt_secret.encode(), ["*"], DEMO_TOKEN_TTL_S), front)
@@ -113,6 +142,11 @@ def main() -> None:
         for s in reversed(servers):
             s.stop()
         log.info("stopped; nothing left running")
+
+
+def _front_port(preferred: int) -> int:
+    """nginx needs its port in its config: the preferred one if free now, else a free one."""
+    return preferred if preferred and port_bindable(preferred) else free_port()
 
 
 def _front_door(c: Common, workdir: Path, port: int) -> FrontDoorProc | None:

@@ -171,13 +171,15 @@ class AdminServer:
         self.cfg = cfg
         self.healthy = healthy
         interceptors = [BearerAuth(cfg.admin_token)] if cfg.admin_token else []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
+        # No SO_REUSEPORT: a port in use fails the bind instead of being shared with its owner.
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors,
+                                  options=[("grpc.so_reuseport", 0)])
         admin_pb2_grpc.add_DispatcherAdminServicer_to_server(AdminServicer(core), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (ADMIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
-        self.port = self._bind()
+        self.port = self._bind()  # the port bound: --admin-port 0 picks any free port
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._health_loop, name="admin-health", daemon=True)
 

@@ -11,6 +11,7 @@ import redis
 
 from common.cli import setup_logging
 from common.metrics import FastHistogram, exposition, make_registry
+from common.ports_file import write_ports_file
 from dispatcher import metrics
 from dispatcher.admin_core import AdminCore
 from dispatcher.admin_grpc import AdminServer, GrpcShardControl
@@ -66,8 +67,9 @@ class Dispatcher:
             "/shards": lambda q: (200, {sid: asdict(i) for sid, i in self.sync.live.items()}),
         })
         self.admin.start()
-        log.info("dispatcher up mode=%s http=%s:%d", self.cfg.mode, self.cfg.http_host,
-                 self.cfg.http_port)
+        http_port = self.http.server_address[1]  # the one bound: --http-port 0 picks any free port
+        write_ports_file(self.cfg.ports_file, {"http_port": http_port, "admin_port": self.admin.port})
+        log.info("dispatcher up mode=%s http=%s:%d", self.cfg.mode, self.cfg.http_host, http_port)
         try:
             self.loop.run()
         finally:

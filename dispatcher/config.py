@@ -55,6 +55,7 @@ class DispatcherConfig:
     shard_tls_key: str
     max_publish_bytes: int
     route_lookup: str
+    ports_file: str  # set: the bound ports (http_port, admin_port) as JSON, once both are bound
     log_level: str
 
 
@@ -75,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
     f("namespace", "SHARDCAST_NAMESPACE", "shardcast", "registry key prefix")
     f("mode", "SHARDCAST_MODE", "targeted", "dispatch mode", choices=[m.value for m in Mode])
     f("http-host", "SHARDCAST_HTTP_HOST", "127.0.0.1", "status HTTP bind address")
-    f("http-port", "SHARDCAST_HTTP_PORT", 8700, "status HTTP port (/healthz, /stats, /route)", int)
+    f("http-port", "SHARDCAST_HTTP_PORT", 8700,
+      "status HTTP port (/healthz, /stats, /route; 0: any free port, see --ports-file)", int)
     f("max-poll-records", "SHARDCAST_MAX_POLL_RECORDS", 5000, "records per Kafka poll", positive(int))
     f("max-batch-records", "SHARDCAST_MAX_BATCH_RECORDS", 1000, "records per gRPC batch", positive(int))
     f("shard-queue-records", "SHARDCAST_SHARD_QUEUE_RECORDS", 100_000,
@@ -123,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
       "forgotten beyond; bounds memory whatever keys producers send)", positive(int))
     f("admin-host", "SHARDCAST_ADMIN_HOST", "127.0.0.1",
       "gRPC admin API bind address (beyond loopback only with a token, and TLS or --admin-insecure)")
-    f("admin-port", "SHARDCAST_ADMIN_PORT", 8790, "gRPC admin API port", int)
+    f("admin-port", "SHARDCAST_ADMIN_PORT", 8790, "gRPC admin API port (0: any free port)", int)
     add_secret(p, "admin-token", "SHARDCAST_ADMIN_TOKEN", "admin bearer token")
     f("admin-tls-cert", "SHARDCAST_ADMIN_TLS_CERT", "", "PEM certificate: serve the admin API over TLS")
     f("admin-tls-key", "SHARDCAST_ADMIN_TLS_KEY", "", "PEM private key of --admin-tls-cert")
@@ -143,6 +145,9 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
       "where routes come from: the local table; redis-per-record / redis-per-batch are benchmark "
       "baselines (a Redis round trip per record / per poll)",
       choices=["table", "redis-per-batch", "redis-per-record"])
+    f("ports-file", "SHARDCAST_PORTS_FILE", "",
+      "write the ports bound (JSON: http_port, admin_port) to this file, atomically, once both "
+      "are bound: how a starter learns the ports the kernel chose for port 0")
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     a = p.parse_args(argv)
     a.redis_url = redis_url(p, a.redis_url, a.redis_url_file, "SHARDCAST_REDIS_URL")
@@ -200,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
         shard_tls_key=a.shard_tls_key,
         max_publish_bytes=a.max_publish_bytes,
         route_lookup=a.route_lookup,
+        ports_file=a.ports_file,
         log_level=a.log_level,
     )
 

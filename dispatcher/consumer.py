@@ -34,6 +34,10 @@ from dispatcher.routing import Router
 from dispatcher.streams import ShardStreams
 
 log = logging.getLogger(__name__)
+# Longest a commit may wait for the group coordinator. Without a timeout kafka-python's commit()
+# retries until the broker answers: a broker outage held the poll loop there (no shard reconciled,
+# SIGTERM unanswered) and never counted a failure. A failed commit is simply retried next period.
+COMMIT_TIMEOUT_MS = 2000
 
 
 class _CommitOnRevoke(ConsumerRebalanceListener):
@@ -191,7 +195,7 @@ class ConsumerLoop:
                 nxt = c.position(tp, timeout_ms=1000)  # every record before it was handed on
                 if nxt is not None:
                     offsets[tp] = OffsetAndMetadata(min(nxt, pending.get(tp.partition, nxt)), "", -1)
-            c.commit(offsets)
+            c.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
             self.commits += 1
         except KafkaError as exc:
             self.commit_failures += 1

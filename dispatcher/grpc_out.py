@@ -69,6 +69,10 @@ class StreamPolicy:
         return [
             ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            # Any ping, not only keepalive's: while another ping (gRPC's own BDP probe, sent as data
+            # flows) waits for its ack, no keepalive ping is sent, and that one's own timeout is
+            # 60 s by default — a shard that froze mid-stream went unnoticed for a minute.
+            ("grpc.http2.ping_timeout_ms", int(self.keepalive_timeout_s * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),

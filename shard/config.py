@@ -57,6 +57,7 @@ class ShardConfig:
     ack_timeout_s: float
     gc_freeze_check_s: float
     listen_backlog: int
+    ports_file: str  # set: the bound ports (ws_port, grpc_port) as JSON, once both are bound
     log_level: str
     # The client edge (shard.auth, README "Client protocol"):
     auth: str  # "off" or "jwt"
@@ -81,11 +82,12 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     f = lambda *a, **k: add_flag(p, *a, **k)  # noqa: E731
     f("id", "SHARDCAST_SHARD_ID", socket.gethostname(), "shard id, unique in the cluster")
     f("host", "SHARDCAST_HOST", "127.0.0.1", "address to bind the WebSocket/HTTP server")
-    f("ws-port", "SHARDCAST_WS_PORT", 8701, "WebSocket/HTTP port", int)
+    f("ws-port", "SHARDCAST_WS_PORT", 8701, "WebSocket/HTTP port (0: any free port, see --ports-file)",
+      int)
     f("grpc-host", "SHARDCAST_GRPC_HOST", "127.0.0.1",
       "address to bind the internal gRPC port (ingest, drain); beyond loopback only with the "
       "ingest secret or mutual TLS")
-    f("grpc-port", "SHARDCAST_GRPC_PORT", 9701, "gRPC ingest port", int)
+    f("grpc-port", "SHARDCAST_GRPC_PORT", 9701, "gRPC ingest port (0: any free port)", int)
     add_secret(p, "ingest-secret", "SHARDCAST_INGEST_SECRET", "ingest secret")
     f("grpc-tls-cert", "SHARDCAST_GRPC_TLS_CERT", "", "PEM certificate: serve the gRPC port over TLS")
     f("grpc-tls-key", "SHARDCAST_GRPC_TLS_KEY", "", "PEM private key of --grpc-tls-cert")
@@ -140,6 +142,9 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     f("listen-backlog", "SHARDCAST_LISTEN_BACKLOG", 4096,
       "pending TCP connections the WebSocket port queues (gevent's default, 128, is small for a "
       "wave of reconnects)", positive(int))
+    f("ports-file", "SHARDCAST_PORTS_FILE", "",
+      "write the ports bound (JSON: ws_port, grpc_port) to this file, atomically, once both are "
+      "bound: how a starter learns the ports the kernel chose for port 0")
     f("log-level", "SHARDCAST_LOG_LEVEL", "INFO", "logging level")
     _client_edge_flags(p)
     a = p.parse_args(argv)
@@ -188,6 +193,7 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
         ack_timeout_s=a.ack_timeout_s,
         gc_freeze_check_s=a.gc_freeze_check_s,
         listen_backlog=a.listen_backlog,
+        ports_file=a.ports_file,
         log_level=a.log_level,
         auth=a.auth,
         verifier=_verifier(p, a),

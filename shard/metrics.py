@@ -20,7 +20,7 @@ NAMES = tuple(P + n for n in (
     "frames_conflated", "clients_overflowed", "clients_behind", "outbox_frames", "snapshots_received",
     "duplicates_dropped", "resyncs_delivered", "gaps_closed",
     "auth_failures", "auth_closed", "grpc_unauthenticated", "errors_sent", "upgrades_refused",
-    "clients_idle_closed", "ingest_streams", "draining",
+    "clients_idle_closed", "clients_write_timeout", "ingest_streams", "draining",
     "delivery_latency_seconds", "loop_lag_seconds", "loop_stall_seconds", "gc_pause_seconds",
     "gc_full_collections", "gc_frozen_objects",
 ))
@@ -63,6 +63,8 @@ def collect(s: ShardServer) -> Iterator[Metric]:
     yield counter(P + "errors_sent", "error frames sent to clients", c["errors_sent"])
     yield counter(P + "upgrades_refused", "upgrades refused with 503", c["upgrades_refused"])
     yield counter(P + "clients_idle_closed", "clients closed for silence (4001)", c["clients_idle_closed"])
+    yield counter(P + "clients_write_timeout", "clients reset after taking nothing for --write-timeout-s",
+                  c["clients_write_timeout"])
     yield gauge(P + "ingest_streams", "dispatcher streams connected", c["ingest_streams"])
     yield gauge(P + "draining", "1 while the shard drains", 0 if s.drain is None else 1)
     yield s.latency.family(P + "delivery_latency_seconds",

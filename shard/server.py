@@ -7,9 +7,11 @@ counters), ``/`` (a demo page) and ``/client/*.js`` (the JS client it imports).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
+import socket
 import time
 from collections import Counter
 from concurrent import futures
@@ -21,6 +23,7 @@ from gevent import pywsgi
 
 from common.cli import host_port
 from common.metrics import CONTENT_TYPE, FastHistogram, exposition, make_registry
+from common.ports_file import write_ports_file
 from common.registry import Registry, now_ms
 from shard import metrics
 from shard.auth import AuthError, Grant, bearer_token, origin_allowed
@@ -50,9 +53,10 @@ class ShardServer:
     """Wires the hub, the ingest core and the adapters of one shard together."""
 
     def __init__(self, cfg: ShardConfig) -> None:
-        self.cfg = cfg
-        self.started_ms = now_ms()
         self.counters: Counter[str] = Counter()
+        self._make_servers(cfg)  # binds both ports: the registry record needs the ones bound
+        cfg = self.cfg
+        self.started_ms = now_ms()
         self.latency = FastHistogram()  # Kafka timestamp → frame written, seconds
         self.metrics = make_registry(lambda: metrics.collect(self))
         self.conns: dict[int, Connection] = {}
@@ -74,11 +78,14 @@ class ShardServer:
         self.watch = LoopWatch(lambda: len(self.conns), cfg.gc_freeze_check_s)
         self.drain: Drain | None = None
         self._sweeper: gevent.Greenlet | None = None
-        self.ws_server = pywsgi.WSGIServer(
-            (cfg.host, cfg.ws_port), self.wsgi_app, handler_class=ShardHandler, log=None,
-            backlog=cfg.listen_backlog,
-        )
-        self.ws_server.pre_start_hook = self._plain_http
+
+    def _make_servers(self, cfg: ShardConfig) -> None:
+        """Create both servers and bind their ports; `self.cfg` gets the ports actually bound.
+
+        Port 0 lets the kernel pick a free port as the socket binds, so no other process can
+        take it first; `--ports-file` then tells the starter which ports they are. The
+        WebSocket port is bound here but listens only in `start()`, once registered, as before.
+        """
         # One worker per live ingest stream (one per dispatcher) for its whole life, plus headroom.
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64),
@@ -90,11 +97,23 @@ class ShardServer:
                 ("grpc.http2.min_ping_interval_without_data_ms",
                  int(cfg.grpc_min_ping_interval_s * 1000)),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # A port in use fails the bind instead of being shared with its owner (gRPC's
+                # default SO_REUSEPORT would split the other server's connections with us).
+                ("grpc.so_reuseport", 0),
             ],
             # Ingest can push ticks to clients and control can drain them: every call shows the secret.
             interceptors=[IngestSecretAuth(cfg.ingest_secret, self._grpc_rejected)]
             if cfg.ingest_secret else [],
         )
+        grpc_port = bind(self.grpc_server, host_port(cfg.grpc_host, cfg.grpc_port), cfg.grpc_tls_cert,
+                         cfg.grpc_tls_key, cfg.grpc_tls_client_ca)
+        self.ws_socket = _bound_socket(cfg.host, cfg.ws_port)
+        self.cfg = dataclasses.replace(cfg, ws_port=self.ws_socket.getsockname()[1], grpc_port=grpc_port)
+        self.ws_server = pywsgi.WSGIServer(
+            self.ws_socket, self.wsgi_app, handler_class=ShardHandler, log=None,
+        )
+        self.ws_server.pre_start_hook = self._plain_http
+        write_ports_file(cfg.ports_file, {"ws_port": self.cfg.ws_port, "grpc_port": grpc_port})
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -106,8 +125,6 @@ class ShardServer:
         add_control(ControlServicer(self.cfg.shard_id, self.start_drain, lambda: len(self.conns),
                                     self.undrain), self.grpc_server)
         cfg = self.cfg
-        bind(self.grpc_server, host_port(cfg.grpc_host, cfg.grpc_port), cfg.grpc_tls_cert,
-             cfg.grpc_tls_key, cfg.grpc_tls_client_ca)
         self.grpc_server.start()
         log.info("gRPC port on %s tls=%s mtls=%s secret=%s", host_port(cfg.grpc_host, cfg.grpc_port),
                  bool(cfg.grpc_tls_cert), bool(cfg.grpc_tls_client_ca), bool(cfg.ingest_secret))
@@ -115,6 +132,7 @@ class ShardServer:
             log.warning("gRPC port unauthenticated: any local process can push ticks or drain this "
                         "shard; set SHARDCAST_INGEST_SECRET")
         self.writer.start()
+        self.ws_socket.listen(cfg.listen_backlog)
         self.ws_server.start()
         self._sweeper = gevent.spawn(self._keepalive_loop)
         self.watch.start()
@@ -339,6 +357,7 @@ class ShardServer:
             "auth_closed": self.counters["auth_closed"],  # closed at token expiry or the auth deadline
             "grpc_unauthenticated": self.counters["grpc_unauthenticated"],  # refused internal calls
             "clients_idle_closed": self.counters["clients_idle_closed"],
+            "clients_write_timeout": self.counters["clients_write_timeout"],  # reset: nothing taken in time
             "connections_total": self.counters["connections_total"],
             "registry_synced": self.writer.synced,
             "registered_tokens": len(self.writer.registered),
@@ -347,6 +366,21 @@ class ShardServer:
             "latency_bounds_s": list(self.latency.bounds),
             **self.watch.stats(),
         }
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port` (0: a free port the kernel picks), not listening yet."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    if port:  # a fixed port: rebind at once after a restart (TIME_WAIT); port 0 needs no reuse
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _json(start_response, status: str, doc: dict[str, object]) -> list[bytes]:

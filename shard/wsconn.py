@@ -132,6 +132,8 @@ class LimitedWebSocket(WebSocket):
         conn.last_rx = time.monotonic()
         if header.flags:
             raise WsProtocolError("reserved bits set")
+        if not header.mask:  # RFC 6455 5.1: a server must close on an unmasked client frame
+            raise WsProtocolError("unmasked client frame")
         if header.opcode == self.OPCODE_CONTINUATION or (header.opcode < 8 and not header.fin):
             raise InboundRejectedError(Close.UNSUPPORTED_DATA, "fragmented messages not supported")
         if header.length > conn.max_frame_bytes:
@@ -477,7 +479,9 @@ class Connection:
                 end = rest + close_frame(self.close_code, self.close_reason)
                 self._make_room(len(end))
                 graceful = self._send(end, closing=True) == len(end)
-        except OSError:  # broken, or nothing taken for write_timeout_s
+        except TimeoutError:  # nothing taken for write_timeout_s: reset, no close frame can fit
+            counters["clients_write_timeout"] += 1
+        except OSError:  # broken
             pass
         finally:
             self.writer = None

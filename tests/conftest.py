@@ -1,5 +1,8 @@
 """Session-wide real servers: one Kafka broker and one redis-server on free loopback ports.
 
+Every server picks its own port as it binds (port 0), or, where it cannot (redis-server, the
+Kafka broker), retries with another free port when one was taken before it bound it.
+
 Each integration test gets its own registry namespace, topic and consumer group,
 so tests never see each other's state; our own processes (shards, dispatcher)
 run as subprocesses so pytest itself is never gevent-patched.
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from devstack.kafka_server import KafkaServer
-from devstack.procs import free_port, stop
+from devstack.procs import stop
 from devstack.redis_server import RedisServer
 from devstack.stack import Common, start_dispatcher, start_shard
 
@@ -29,14 +32,14 @@ def workdir():
 
 @pytest.fixture(scope="session")
 def redis_server(workdir):
-    server = RedisServer(workdir / "redis", free_port()).start()
+    server = RedisServer(workdir / "redis").start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def kafka(workdir):
-    server = KafkaServer(workdir / "kafka", free_port(), free_port()).start()
+    server = KafkaServer(workdir / "kafka").start()
     yield server
     server.stop()
 

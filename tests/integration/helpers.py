@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import time
 
 import redis
 import websocket
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
 from common.registry import Registry
@@ -100,6 +101,27 @@ def producer(bootstrap: str) -> KafkaProducer:
     return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks=1)
 
 
+def batch_producer(bootstrap: str) -> KafkaProducer:
+    """A producer that sends nothing until `produce` flushes: each partition's records of one
+    `produce` call then travel as one record batch, which a consumer fetches whole, in one poll
+    (so per-poll and per-batch counters are exact)."""
+    return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=600_000, delivery_timeout_ms=700_000,
+                         batch_size=1 << 20, acks=1)
+
+
+def partition_of(token: str, partitions: int = 3) -> int:
+    """The partition Kafka's default partitioner (murmur2 of the key) gives `token`; each test
+    topic has 3."""
+    return (murmur2(token.encode()) & 0x7FFFFFFF) % partitions
+
+
+def same_partition_token(token: str, prefix: str, partitions: int = 3) -> str:
+    """A token `{prefix}{i}` on `token`'s partition: a record of it produced after records of
+    `token` is consumed, and so routed, after them."""
+    want = partition_of(token, partitions)
+    return next(t for i in itertools.count() if partition_of(t := f"{prefix}{i}", partitions) == want)
+
+
 def produce(p: KafkaProducer, topic: str, items: list[tuple[str, bytes]]) -> None:
     for token, payload in items:
         p.send(topic, key=token.encode(), value=payload)
@@ -178,3 +200,17 @@ def overflow_while_frozen(shard, dispatcher, feed: KafkaProducer, topic: str) ->
         wait_for(lambda: queue()["records_offered"] == 1001, what="every record offered")
     finally:
         os.kill(shard.proc.pid, signal.SIGCONT)
+
+
+def committed_equals_end(bootstrap: str, group: str, topic: str) -> bool:
+    """Every partition of `topic` has `group`'s committed offset at its end offset."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    probe = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = admin.list_consumer_group_offsets(group)
+        tps = [TopicPartition(topic, p) for p in probe.partitions_for_topic(topic)]
+        ends = probe.end_offsets(tps)
+        return all(committed.get(tp) is not None and committed[tp].offset == ends[tp] for tp in tps)
+    finally:
+        admin.close()
+        probe.close()

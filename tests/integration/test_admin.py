@@ -19,8 +19,10 @@ from tests.integration.admin_client import Admin, pb
 from tests.integration.helpers import (
     WsClient,
     close_code,
+    partition_of,
     produce,
     producer,
+    same_partition_token,
     tick_payload,
     upgrade_status,
     wait_for,
@@ -77,6 +79,10 @@ def test_mode_switch_changes_what_shards_receive_without_restart(stack):
     admin = Admin(d.admin_target)
     client = WsClient(a.ws_url)
     client.subscribe("MODE-1")
+    # A token only B wants, on MODE-1's partition: its record, produced last, is routed after them.
+    marker = same_partition_token("MODE-1", "MODE-B")
+    on_b = WsClient(b.ws_url)
+    on_b.subscribe(marker)
     prod = producer(stack.kafka.bootstrap)
     produce(prod, stack.c.topic, _ticks(20, "MODE-1"))
     client.ticks(20)
@@ -95,20 +101,30 @@ def test_mode_switch_changes_what_shards_receive_without_restart(stack):
     wait_for(lambda: Admin(d2.admin_target).stats().mode == pb.DISPATCH_MODE_TARGETED, what="d2 follows")
     produce(prod, stack.c.topic, _ticks(40, "MODE-1"))
     client.ticks(40)
-    time.sleep(0.5)
-    assert b.stats()["records_received"] == 30  # nothing more once targeted again
-    assert a.stats()["records_received"] == 90
+    wait_for(lambda: d.route(marker) == d2.route(marker) == ["B"], what="marker routed to B")
+    produce(prod, stack.c.topic, [(marker, b'{"m":1}')])
+    on_b.ticks(1)  # every MODE-1 record before it has been routed by now: B's counters are final
+    # Nothing more for B once targeted again: offered the 30 broadcast records and the marker only.
+    assert _offered([d, d2], "B") == (31, 31)
+    assert _offered([d, d2], "A") == (90, 90)
+    assert (a.stats()["records_received"], b.stats()["records_received"]) == (90, 31)
+
+
+def _offered(dispatchers: list, shard_id: str) -> tuple[int, int]:
+    """(records offered to, records sent to) `shard_id`, summed over `dispatchers`."""
+    per = [dp.stats()["shards"].get(shard_id, {}) for dp in dispatchers]
+    return sum(s.get("records_offered", 0) for s in per), sum(s.get("records_sent", 0) for s in per)
 
 
 def _watch_close(url: str, ready: threading.Barrier, out: list, i: int) -> None:
-    ws = websocket.create_connection(url, timeout=30)
+    ws = websocket.create_connection(url, timeout=60)
     ws.send(json.dumps({"op": "subscribe", "tokens": ["DRAIN-1"], "id": 1}))
     ws.recv()
     ready.wait()
     while True:
         op, frame = ws.recv_data_frame(True)
         if op == websocket.ABNF.OPCODE_CLOSE:
-            out[i] = (int.from_bytes(frame.data[:2], "big"), time.monotonic())
+            out[i] = int.from_bytes(frame.data[:2], "big")
             ws.close()
             return
 
@@ -119,7 +135,7 @@ def test_drain_closes_clients_with_1012_spread_over_the_window_and_leaves_routin
     a, b = stack.shard("A"), stack.shard("B")
     d = stack.dispatcher()
     admin = Admin(d.admin_target)
-    n, window_s = 20, 2.0
+    n, window_s = 20, 2.0  # one close every 0.1 s; progress is reported every 0.2 s
     closes: list = [None] * n
     ready = threading.Barrier(n + 1)
     threads = [threading.Thread(target=_watch_close, args=(a.ws_url, ready, closes, i)) for i in range(n)]
@@ -130,15 +146,20 @@ def test_drain_closes_clients_with_1012_spread_over_the_window_and_leaves_routin
     wait_for(lambda: list(admin.lookup("DRAIN-1").shard_ids) == ["A", "B"], what="both routed")
     started = time.monotonic()
     progress = admin.drain("A", window_s)
+    took_s = time.monotonic() - started
     for t in threads:
         t.join(30)
     assert progress[-1].done and progress[-1].closed == n and progress[-1].connections == 0
     assert progress[-1].state == pb.SHARD_STATE_DRAINED
     assert all(p.state == pb.SHARD_STATE_DRAINING for p in progress[:-1])
-    assert [c[0] for c in closes] == [1012] * n
-    times = sorted(c[1] - started for c in closes)
-    assert times[-1] - times[0] >= window_s * 0.6, times  # spread out, not all at once
-    assert times[-1] <= window_s + 2, times
+    assert closes == [1012] * n
+    # Spread, not all at once: the shard's own progress, sampled every 0.2 s, saw at least 3 states
+    # with clients closed and clients still open (a load stretches a schedule of 0.1 s steps, it
+    # never compresses it), and the drain took the window (its timers' granularity aside).
+    closed = [p.closed for p in progress]
+    assert closed == sorted(closed) and len(set(closed) - {0, n}) >= 3, closed
+    assert took_s >= window_s * 0.95
+    print(f"drain of {n} clients over {window_s} s took {took_s:.2f} s; progress closed={closed}")
     listed = wait_for(lambda: (s := admin.shards()["A"]).state == pb.SHARD_STATE_DRAINED and s,
                       what="A listed as drained")[0]
     assert (listed.connections, listed.tokens, listed.stream_state) == (0, 0, "ready")
@@ -237,11 +258,12 @@ def test_publish_goes_through_kafka_to_subscribers(stack):
     a = stack.shard("A")
     d = stack.dispatcher()
     client = WsClient(a.ws_url)
-    client.subscribe("PUB-1")
-    answer = Admin(d.admin_target).publish("PUB-1", b'{"px":1.5}')
-    assert answer.offset >= 0 and 0 <= answer.partition < 3
+    client.subscribe("PUB-3")
+    answer = Admin(d.admin_target).publish("PUB-3", b'{"px":1.5}')
+    # The key's partition (per-token order depends on it), the first offset of the fresh topic.
+    assert (answer.partition, answer.offset) == (partition_of("PUB-3"), 0) == (2, 0)
     [frame] = client.ticks(1)
-    assert tick_payload(frame, "PUB-1") == ((answer.partition, answer.offset), b'{"px":1.5}')
+    assert tick_payload(frame, "PUB-3") == ((2, 0), b'{"px":1.5}')
     wait_for(lambda: Admin(d.admin_target).stats().records_consumed == 1, what="consumed")
 
 

@@ -8,15 +8,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 import redis
 
 from devstack.frontdoor import find_nginx
-from devstack.procs import ROOT, free_port, port_open
-from tests.integration.helpers import WsClient
+from devstack.procs import ROOT, port_open
+from tests.integration.helpers import WsClient, wait_for
 
 pytestmark = pytest.mark.integration
 NGINX = find_nginx() is not None  # without it make run starts everything but the front door
@@ -36,23 +35,24 @@ def _alive(pid: int) -> bool:
 
 def _run_stack(tmp_path, extra_env: dict[str, str]):
     """Start devstack.run, wait for its banner; return (process, banner text)."""
-    env = {**os.environ, "RUN_DIR": str(tmp_path), "RUN_WS_PORT": str(free_port()),
-           "RUN_DISPATCHER_PORT": str(free_port()), "RUN_FRONT_PORT": str(free_port()),
-           "RUN_RATE": "300", **extra_env}
+    # Port 0: every server of ours binds a free port itself (the banner says which), so a test
+    # run never collides with a `make run` on the default ports or with another test.
+    env = {**os.environ, "RUN_DIR": str(tmp_path), "RUN_WS_PORT": "0", "RUN_DISPATCHER_PORT": "0",
+           "RUN_ADMIN_PORT": "0", "RUN_FRONT_PORT": "0", "RUN_RATE": "300", **extra_env}
     for name in ("SHARDCAST_KAFKA_BOOTSTRAP", "SHARDCAST_REDIS_URL"):
         if name not in extra_env:
             env.pop(name, None)
     out = open(tmp_path / "run.out", "w+")  # noqa: SIM115
     run = subprocess.Popen([sys.executable, "-m", "devstack.run"], cwd=ROOT, env=env,
                            stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    text = ""
-    while "shardcast is up" not in text:
-        if run.poll() is not None or time.monotonic() > deadline:
-            _interrupt(run)
-            raise AssertionError(text)
-        time.sleep(0.5)
+    try:
+        wait_for(lambda: "shardcast is up" in (tmp_path / "run.out").read_text() or run.poll() is not None,
+                 timeout_s=180, interval_s=0.2, what="the banner")
+    finally:
         text = (tmp_path / "run.out").read_text()
+        if "shardcast is up" not in text:
+            _interrupt(run)
+    assert "shardcast is up" in text, text
     return run, text
 
 
@@ -127,8 +127,7 @@ def test_run_starts_everything_serves_live_ticks_and_ctrl_c_cleans_up(tmp_path):
     finally:
         _interrupt(run)
     assert run.returncode == 0
-    time.sleep(0.5)
-    assert [p for p in pids if _alive(p)] == []
+    wait_for(lambda: not any(_alive(p) for p in pids), timeout_s=30, what="every process gone")
     assert front is None or not port_open("127.0.0.1", front[1])  # nginx went with its front door
     assert "nothing left running" in (tmp_path / "run.out").read_text()
 
@@ -150,5 +149,5 @@ def test_run_against_existing_kafka_and_redis_leaves_no_registry_entries(tmp_pat
         _interrupt(run)
     assert run.returncode == 0
     assert r.keys("shardcast:*") == []
-    assert [p for p in pids if _alive(p)] == []
+    wait_for(lambda: not any(_alive(p) for p in pids), timeout_s=30, what="every process gone")
     assert kafka.proc.poll() is None and r.ping()  # the existing servers keep running

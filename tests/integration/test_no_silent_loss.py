@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from devstack.procs import free_port
 from devstack.redis_server import RedisServer
 from tests.integration.helpers import (
     GAP_DISPATCHER_FLAGS,
@@ -83,8 +82,7 @@ def test_keepalive_pings_within_the_shard_policy_never_reset_streams(stack):
 
 def test_redis_restarted_empty_is_not_a_shard_death(stack, workdir):
     """Redis killed and restarted empty: streams stay up, clients lose nothing and see nothing twice."""
-    port = free_port()
-    own = RedisServer(workdir / f"redis-{port}", port).start()
+    own = RedisServer(workdir / f"redis-{stack.c.namespace}").start()  # a free port, kept on restart
     stack.c.redis_url = own.url
     try:
         hb = ("--heartbeat-s", "0.5", "--heartbeat-ttl-s", "2")
@@ -96,7 +94,11 @@ def test_redis_restarted_empty_is_not_a_shard_death(stack, workdir):
         own.proc.kill()
         own.proc.wait()
         wait_for(lambda: not d.stats()["registry_healthy"], what="dispatcher saw Redis go")
-        time.sleep(1.0)  # the outage itself: ticks keep flowing by broadcast
+        # The outage lasts until both shards' clients got 200 more ticks: they flow by broadcast.
+        seen = wa.totals()["ticks"], wb.totals()["ticks"]
+        wait_for(lambda: wa.totals()["ticks"] > seen[0] + 200 and wb.totals()["ticks"] > seen[1] + 200,
+                 timeout_s=30, what="ticks flowing during the outage")
+        assert d.stats()["fallback_batches"] > 0
         own.start()  # same port, no data
         wait_for(lambda: d.stats()["routes_trusted"] and d.route(TOKENS[0]) == ["A"], timeout_s=20,
                  what="targeted routing restored")
@@ -124,8 +126,9 @@ def test_paused_shard_clients_are_resynced_not_left_stale(stack):
     os.kill(a.proc.pid, signal.SIGSTOP)
     try:
         wait_for(lambda: "A" not in d.stats()["routable_shards"] + d2.stats()["routable_shards"],
-                 timeout_s=15, what="A counted dead")
-        time.sleep(1.0)  # ticks A's clients miss
+                 timeout_s=30, what="A counted dead")
+        seen = wb.totals()["ticks"]  # ticks A's clients miss: B's clients get 300 of them meanwhile
+        wait_for(lambda: wb.totals()["ticks"] > seen + 300, timeout_s=30, what="ticks while A is dead")
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
     resumed = time.monotonic()

@@ -25,8 +25,10 @@ class FakeControl:
         self.calls: list[tuple] = []
 
     def drain(self, grpc_addr, shard_id, window_s):
+        """The shard's progress stream: three messages, the last one done."""
         self.calls.append((grpc_addr, shard_id, window_s))
-        return iter([DrainView(shard_id, 0, 3, True)])
+        return iter([DrainView(shard_id, 3, 0, False), DrainView(shard_id, 1, 2, False),
+                     DrainView(shard_id, 0, 3, True)])
 
     def undrain(self, grpc_addr, shard_id):
         self.calls.append((grpc_addr, shard_id))
@@ -34,16 +36,20 @@ class FakeControl:
 
 
 class FakePublisher:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+
     def publish(self, token, payload):
-        return 2, 41
+        self.calls.append((token, payload))
+        return 2, 41 + len(self.calls)  # (partition, offset) Kafka gave the record
 
 
 def _core(cluster_ok: bool = True):
     table = RoutingTable()
     table.healthy = True
     table.replace({"T-1": {"A"}, "T-2": {"A", "GONE"}})
-    live = {sid: ShardInfo(sid, f"{sid}:9", f"ws://{sid}/ws", 1, 10**13, 4, 2, state=state)
-            for sid, state in (("A", "live"), ("B", "live"), ("C", "drained"))}
+    live = {sid: ShardInfo(sid, f"10.0.0.{i}:97{i}", f"ws://{sid}/ws", 1, 10**13, 4, 2, state=state)
+            for i, (sid, state) in enumerate((("A", "live"), ("B", "live"), ("C", "drained")), 1)}
     sync = SimpleNamespace(table=table, live=live, dead=["GONE"], healthy=True, last_sync_s=0.0,
                            shards_for=table.shards_for)
     streams = SimpleNamespace(stats=lambda: {}, dropped_gone=0, routable=frozenset(live))
@@ -83,23 +89,36 @@ def test_set_mode_switches_the_router_and_reports_the_previous_mode():
 
 
 def test_drain_validates_before_calling_the_shard():
-    """Unknown shards are NOT_FOUND, bad windows INVALID_ARGUMENT; a good call reaches the shard."""
+    """Unknown shards are NOT_FOUND, bad windows INVALID_ARGUMENT; a good call reaches the shard at its
+    registered gRPC address (a drained one too: the shard's drain is idempotent) with the window as
+    given, 0 and the maximum included, and every progress message comes back in order."""
     core, _, _ = _core()
     assert _err(core.drain, "NOPE", 1.0).code is AdminCode.NOT_FOUND
     assert _err(core.drain, "GONE", 1.0).code is AdminCode.NOT_FOUND  # dead: nothing to drain
     assert _err(core.drain, "", 1.0).code is AdminCode.INVALID_ARGUMENT
-    for bad in (-0.1, math.nan, math.inf, MAX_WINDOW_S + 1):
+    for bad in (-0.1, math.nan, math.inf, MAX_WINDOW_S + 1, MAX_WINDOW_S + 1e-9):
         assert _err(core.drain, "A", bad).code is AdminCode.INVALID_ARGUMENT
     assert core.control.calls == []
-    assert list(core.drain("A", 2.5))[-1].done and core.control.calls == [("A:9", "A", 2.5)]
+    assert list(core.drain("B", 2.5)) == [DrainView("B", 3, 0, False), DrainView("B", 1, 2, False),
+                                          DrainView("B", 0, 3, True)]
+    assert core.control.calls == [("10.0.0.2:972", "B", 2.5)]
+    core.drain("C", 0.0)
+    core.drain("A", MAX_WINDOW_S)
+    assert core.control.calls[1:] == [("10.0.0.3:973", "C", 0.0), ("10.0.0.1:971", "A", MAX_WINDOW_S)]
 
 
 def test_publish_limits_payload_size():
-    """Payloads over --max-publish-bytes are refused with the sizes in the message."""
+    """A payload up to --max-publish-bytes goes to Kafka unchanged under its token and the call answers
+    Kafka's (partition, offset); a bigger one or a bad token is refused before reaching Kafka."""
     core, _, _ = _core()
-    assert core.publish("T-1", b"0123456789") == (2, 41)
+    assert core.publish("T-1", b"0123456789") == (2, 42)
+    assert core.publish("T-2", b"") == (2, 43)
+    assert core.publisher.calls == [("T-1", b"0123456789"), ("T-2", b"")]
     err = _err(core.publish, "T-1", b"x" * 11)
-    assert err.code is AdminCode.INVALID_ARGUMENT and "11 bytes" in err.message
+    assert err.code is AdminCode.INVALID_ARGUMENT and err.message == "payload is 11 bytes, the limit is 10"
+    assert _err(core.publish, "a b", b"{}").code is AdminCode.INVALID_ARGUMENT
+    assert _err(core.publish, "", b"{}").code is AdminCode.INVALID_ARGUMENT
+    assert len(core.publisher.calls) == 2
 
 
 def test_list_shards_includes_drained_and_dead_ones():
@@ -120,7 +139,8 @@ def test_undrain_reaches_the_shard_and_reports_the_state_it_left():
     assert core.control.calls == []
     v = core.undrain("C")
     assert (v.shard_id, v.previous, v.state) == ("C", "drained", "live")
-    assert (core.undrain("A").previous, core.control.calls) == ("live", [("C:9", "C"), ("A:9", "A")])
+    assert (core.undrain("A").previous, core.control.calls) == ("live", [("10.0.0.3:973", "C"),
+                                                                         ("10.0.0.1:971", "A")])
 
 
 def test_stats_count_routed_records_apart_from_unrouted_ones():
