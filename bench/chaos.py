@@ -41,7 +41,6 @@ from bench.chaos_report import render, row, write_outputs
 from bench.run import machine, raise_fd_limit
 from bench.workload import token_name
 from devstack.kafka_server import KafkaServer
-from devstack.procs import free_port
 from devstack.redis_server import RedisServer
 from devstack.stack import Common, DispatcherProc, ShardProc, start_dispatcher, start_shard, stop_all
 
@@ -88,10 +87,10 @@ class Infra:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.redis = RedisServer(workdir / "redis-0", free_port()).start()
+        self.redis = RedisServer(workdir / "redis-0").start()
         self.redis_generation = 0
         try:
-            self.kafka = KafkaServer(workdir / "kafka", free_port(), free_port()).start()
+            self.kafka = KafkaServer(workdir / "kafka").start()
         except BaseException:
             self.redis.stop()
             raise

@@ -41,7 +41,7 @@ from bench.workload import (
 )
 from common.metrics import bucket_quantile
 from devstack.kafka_server import KafkaServer
-from devstack.procs import ROOT, free_port
+from devstack.procs import ROOT
 from devstack.redis_server import RedisServer
 
 
@@ -72,9 +72,9 @@ class Infra:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.redis = RedisServer(workdir / "redis", free_port()).start()
+        self.redis = RedisServer(workdir / "redis").start()
         try:
-            self.kafka = KafkaServer(workdir / "kafka", free_port(), free_port()).start()
+            self.kafka = KafkaServer(workdir / "kafka").start()
         except BaseException:
             self.redis.stop()
             raise

@@ -22,6 +22,15 @@ client the shards serve), `/healthz` (the front door's own: 200 with the
 shard ids it routes to, 503 while it has none). Everything else is 404: a
 shard's /metrics or /stats is not for the public side.
 
+Ports: nginx cannot bind port 0 and report what it got (and on a reload it
+would bind another), so `--port 0` (or `--port-fallback` with a port found
+taken) picks a free port, and if another process takes it before nginx binds
+it (nginx exits "bind() ... failed (98: Address already in use)") another,
+a bounded number of times. The port nginx bound is then written to
+`--ports-file` (`{"http": PORT}`), which `start_frontdoor` reads; nothing
+checks a port and binds it later. Once bound, the port is kept: an nginx
+restart comes back where its clients look.
+
 `python -m devstack.frontdoor --help`; `make run` starts it (RUN_FRONT_PORT).
 """
 
@@ -48,8 +57,22 @@ import redis
 
 from common.backoff import Backoff
 from common.cli import add_flag, host_port, positive, redis_url, setup_logging
+from common.ports_file import write_ports_file
 from common.registry import Registry, ShardInfo
-from devstack.procs import ROOT, http_json, python_cmd, spawn, stop, wait_until
+from devstack.procs import (
+    BIND_ATTEMPTS,
+    IN_USE,
+    ROOT,
+    file_size,
+    free_port,
+    http_json,
+    log_since,
+    python_cmd,
+    read_ports_file,
+    spawn,
+    stop,
+    wait_until,
+)
 
 log = logging.getLogger("frontdoor")
 NGINX_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
@@ -216,17 +239,28 @@ def worker_connections_limit() -> int:
 
 # -- adapters -----------------------------------------------------------------------------------
 class Nginx:
-    """One nginx master as our child: write the config, start, reload on change, stop."""
+    """One nginx master as our child: write the config, start, reload on change, stop.
 
-    def __init__(self, binary: str, layout: Layout, listen: str) -> None:
+    Port 0 means any free port; `fallback` allows any free one when `port` is taken
+    (see the module docstring). `launch` settles the port; `start` alone reuses it.
+    """
+
+    def __init__(self, binary: str, layout: Layout, host: str, port: int = 0,
+                 fallback: bool = False) -> None:
         self.binary = binary
         self.layout = layout
-        self.listen = listen
+        self.host = host
+        self.port = port
+        self.fallback = fallback or port == 0
         self.user = worker_user()
         self.worker_connections = worker_connections_limit()
         self.proc: subprocess.Popen | None = None
         self.shards: tuple[tuple[str, str], ...] | None = None
         self.reloads = 0
+
+    @property
+    def listen(self) -> str:
+        return host_port(self.host, self.port)
 
     def _cmd(self, conf: Path, *extra: str) -> list[str]:
         # -e: errors go to stderr from the very start (a build's default log path may be unwritable).
@@ -253,6 +287,28 @@ class Nginx:
         self.proc = spawn(self._cmd(self.layout.conf), self.layout.log)
         log.info("nginx pid=%d listening on %s shards=%s", self.proc.pid, self.listen,
                  [sid for sid, _ in shards])
+
+    def launch(self, shards: tuple[tuple[str, str], ...], timeout_s: float = 30) -> int:
+        """Start nginx and wait until it has bound its port (which it does before writing its pid
+        file); returns that port. A port taken before nginx binds it is replaced by another free
+        one when allowed, at most BIND_ATTEMPTS times; any other failure raises RuntimeError."""
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            self.port = self.port or free_port()
+            offset = file_size(self.layout.log)
+            self.start(shards)
+            try:
+                wait_until(self.ready, timeout_s, "nginx", interval_s=0.05, proc=self.proc)
+            except RuntimeError:
+                if not (self.fallback and attempt < BIND_ATTEMPTS
+                        and IN_USE in log_since(self.layout.log, offset)):
+                    raise RuntimeError(f"nginx did not start on {self.listen}: "
+                                       f"{log_since(self.layout.log, offset).strip()[-300:]}") from None
+                log.warning("port %d was taken before nginx bound it; trying another", self.port)
+                self.port = 0
+                continue
+            self.fallback = False  # from now on this is the address clients know
+            return self.port
+        raise AssertionError("unreachable")
 
     def ready(self) -> bool:
         """The master has written its pid file, which it does after installing its signal
@@ -310,9 +366,11 @@ class FrontDoor:
         self._redis_ok = True
         return backends(live)
 
-    def run(self, stop_event: threading.Event) -> None:
-        """Start nginx, then poll until `stop_event`; nginx is restarted (with backoff) if it dies."""
-        self.nginx.start(self.current() or ())
+    def run(self, stop_event: threading.Event, ports_file: str = "") -> None:
+        """Start nginx and report its port in `ports_file`, then poll until `stop_event`; nginx is
+        restarted (with backoff, on the same port) if it dies."""
+        port = self.nginx.launch(self.current() or ())
+        write_ports_file(ports_file, {"http": port})
         while not stop_event.wait(self._delay()):
             try:
                 self.step(stop_event)
@@ -343,7 +401,11 @@ class FrontDoor:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m devstack.frontdoor", description=__doc__.split("\n")[0])
     add_flag(p, "host", "SHARDCAST_FRONT_HOST", "127.0.0.1", "address nginx listens on")
-    add_flag(p, "port", "SHARDCAST_FRONT_PORT", 8780, "port nginx listens on", int)
+    add_flag(p, "port", "SHARDCAST_FRONT_PORT", 8780, "port nginx listens on (0: any free port)", int)
+    p.add_argument("--port-fallback", action="store_true",
+                   help="if --port is taken, listen on any free port instead of failing")
+    p.add_argument("--ports-file", default="",
+                   help='write {"http": PORT} here once nginx has bound its port')
     add_flag(p, "dir", "SHARDCAST_FRONT_DIR", str(ROOT / ".run" / "frontdoor"),
              "nginx's config, pid, temp files and log")
     add_flag(p, "namespace", "SHARDCAST_NAMESPACE", "shardcast", "registry key prefix")
@@ -369,9 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: stop_event.set())
     client = redis.Redis.from_url(a.redis_url, socket_timeout=2, socket_connect_timeout=2)
-    nginx = Nginx(binary, Layout(Path(a.dir)), host_port(a.host, a.port))
+    nginx = Nginx(binary, Layout(Path(a.dir)), a.host, a.port, a.port_fallback)
     try:
-        FrontDoor(Registry(client, a.namespace), nginx, a.poll_s).run(stop_event)
+        FrontDoor(Registry(client, a.namespace), nginx, a.poll_s).run(stop_event, a.ports_file)
+    except RuntimeError as exc:  # nginx could not start (its port taken, a bad build...)
+        log.error("%s", exc)
+        return 1
     finally:
         nginx.stop()
         log.info("front door stopped")
@@ -405,16 +470,27 @@ class FrontDoorProc:
 
 def start_frontdoor(redis_url: str, namespace: str, port: int, workdir: Path, logdir: Path,
                     env: dict[str, str] | None = None, poll_s: float = 0.5,
-                    wait_s: float = 30) -> FrontDoorProc:
+                    wait_s: float = 30, fallback: bool = False) -> FrontDoorProc:
     """Start `python -m devstack.frontdoor` as a child and wait until its nginx answers /healthz.
 
+    `port` 0: any free port; `fallback`: `port` if free, else any. The port nginx bound is
+    read from the front door's ports file (it fails at once if a given port is taken).
     The Redis URL travels in the environment (it may carry a password), never on argv.
     """
+    ports_file = workdir / "ports.json"
+    ports_file.unlink(missing_ok=True)  # a previous run's: read only the one this child writes
+    workdir.mkdir(parents=True, exist_ok=True)
     cmd = python_cmd("-m", "devstack.frontdoor", "--port", str(port), "--dir", str(workdir),
-                     "--namespace", namespace, "--poll-s", str(poll_s))
+                     "--namespace", namespace, "--poll-s", str(poll_s), "--ports-file", str(ports_file),
+                     *(["--port-fallback"] if fallback else []))
     log_path = logdir / "frontdoor.log"
-    fp = FrontDoorProc(port, spawn(cmd, log_path, {**(env or {}), "SHARDCAST_REDIS_URL": redis_url}),
-                       log_path)
+    proc = spawn(cmd, log_path, {**(env or {}), "SHARDCAST_REDIS_URL": redis_url})
+    try:
+        bound = read_ports_file(ports_file, wait_s, "front door", proc)["http"]
+    except (RuntimeError, TimeoutError):
+        stop(proc, timeout_s=5)
+        raise
+    fp = FrontDoorProc(bound, proc, log_path)
     wait_until(lambda: fp.health()[0] in (200, 503), wait_s, "front door", proc=fp.proc)
     return fp
 

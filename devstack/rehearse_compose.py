@@ -34,7 +34,7 @@ import websocket
 import yaml
 
 from devstack.kafka_server import KafkaServer
-from devstack.procs import ROOT, free_port, http_json, python_cmd, spawn, stop, wait_until
+from devstack.procs import ROOT, free_port, http_json, python_cmd, read_ports_file, spawn, stop, wait_until
 from devstack.redis_server import RedisServer
 from shard.token import issue
 
@@ -54,8 +54,8 @@ class Rehearsal:
 
     # -- start -------------------------------------------------------------
     def start(self) -> None:
-        redis = RedisServer(self.work / "redis", free_port()).start()
-        kafka = KafkaServer(self.work / "kafka", free_port(), free_port()).start()
+        redis = RedisServer(self.work / "redis").start()  # port 0: a free one, retried if taken
+        kafka = KafkaServer(self.work / "kafka").start()
         self.servers += [redis, kafka]
         init = self.spec["services"]["kafka-init"]["command"]
         kafka.create_topic(init[init.index("--topic") + 1], int(init[init.index("--partitions") + 1]))
@@ -74,14 +74,22 @@ class Rehearsal:
                for k, v in (service.get("environment") or {}).items()}
         module = service["command"][2]
         ports = {"shard": ["ws", "grpc"], "dispatcher": ["http", "admin"], "demo.producer": ["metrics"]}
-        self.ports[name] = {p: free_port() for p in ports[module]}
-        extra = [a for p, port in self.ports[name].items() for a in (f"--{p}-port", str(port))]
+        ports_file = self.work / "ports" / f"{name}.json"
+        if module == "demo.producer":  # its --metrics-port 0 means "off": see docs/testing.md
+            self.ports[name] = {"metrics": free_port()}
+            extra = ["--metrics-port", str(self.ports[name]["metrics"])]
+        else:  # port 0: bound by the process itself and reported in its ports file
+            extra = [a for p in ports[module] for a in (f"--{p}-port", "0")]
+            extra += ["--ports-file", str(ports_file)]
+            ports_file.parent.mkdir(parents=True, exist_ok=True)
         if module == "shard":
             extra += ["--advertise-host", "127.0.0.1"]
         cmd = python_cmd(*service["command"][1:], *extra)
         proc = spawn(cmd, self.work / "logs" / f"{name}.log", env)
         self.procs.append(proc)
         if module != "demo.producer":
+            bound = read_ports_file(ports_file, 60, name, proc)
+            self.ports[name] = {p: bound[f"{p}_port"] for p in ports[module]}
             port = self.ports[name]["ws" if module == "shard" else "http"]
             wait_until(lambda: http_json(f"http://127.0.0.1:{port}/healthz")[0] == 200, 60, name, proc=proc)
         log.info("%s up %s", name, self.ports[name])

@@ -45,7 +45,7 @@ from common.cli import redact_url, setup_logging
 from common.registry import Registry
 from devstack.frontdoor import FrontDoorProc, find_nginx, start_frontdoor
 from devstack.kafka_server import KafkaServer, create_topic
-from devstack.procs import ROOT, free_port, port_bindable
+from devstack.procs import ROOT, port_bindable
 from devstack.redis_server import RedisServer
 from devstack.stack import (
     Common,
@@ -124,7 +124,7 @@ def main() -> None:
         procs.append(start_producer(c, float(env.get("RUN_RATE", "200")),
                                     int(env.get("RUN_TOKENS", "300"))))
         log.info("dispatcher pid=%d producer pid=%d", dp.proc.pid, procs[-1].pid)
-        front = _front_door(c, workdir, _front_port(int(env.get("RUN_FRONT_PORT", "8780"))))
+        front = _front_door(c, workdir, int(env.get("RUN_FRONT_PORT", "8780")))
         if front is not None:
             procs.append(front.proc)
         _banner(c, dp, urls, issue(jwt_secret.encode(), ["*"], DEMO_TOKEN_TTL_S), front)
@@ -144,17 +144,15 @@ def main() -> None:
         log.info("stopped; nothing left running")
 
 
-def _front_port(preferred: int) -> int:
-    """nginx needs its port in its config: the preferred one if free now, else a free one."""
-    return preferred if preferred and port_bindable(preferred) else free_port()
-
-
 def _front_door(c: Common, workdir: Path, port: int) -> FrontDoorProc | None:
-    """nginx in front of the shards, its upstream following the registry; None without nginx."""
+    """nginx in front of the shards, its upstream following the registry; None without nginx.
+
+    On `port` if nginx can bind it, else on a free one (the front door retries on "Address
+    already in use" and reports the port it bound): no check of the port beforehand."""
     if find_nginx(os.environ.get("SHARDCAST_NGINX", "")) is None:
         log.warning("nginx not found: no front door (`make nginx` installs nginx-light)")
         return None
-    front = start_frontdoor(c.redis_url, c.namespace, port, workdir / "frontdoor", c.logdir)
+    front = start_frontdoor(c.redis_url, c.namespace, port, workdir / "frontdoor", c.logdir, fallback=True)
     log.info("front door healthy at %s pid=%d shards=%s", front.url, front.proc.pid, front.shards())
     return front
 

@@ -68,13 +68,19 @@ class Drain:
         it = iter(targets)
         for count in counts:
             for conn in itertools.islice(it, count):
+                if st.cancelled:  # undrained: `kill` may land after this greenlet was woken
+                    return
                 conn.close(Close.SERVICE_RESTART, "shard draining, reconnect elsewhere")
                 st.closed += 1
             gevent.sleep(pause_s)
         with gevent.Timeout(LINGER_S, False):
-            while self._conns():
+            while self._conns() and not st.cancelled:
                 gevent.sleep(STEP_S)
+        if st.cancelled:
+            return
         st.out_of_routing = not self._conns() and self._settle(LINGER_S)
+        if st.cancelled:  # the settle may yield; an undrain meanwhile has published "live"
+            return
         st.done = True
         self._on_done()
         log.info("drained closed=%d out_of_routing=%s", st.closed, st.out_of_routing)

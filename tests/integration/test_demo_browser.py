@@ -21,7 +21,6 @@ from urllib.parse import urlencode
 
 import pytest
 
-from devstack.procs import free_port
 from shard.token import issue
 from tests.integration.admin_client import Admin
 from tests.integration.helpers import producer, wait_for
@@ -172,10 +171,11 @@ def test_shard_serves_the_page_and_only_the_client_folder_js_files(stack):
 def test_demo_page_shows_snapshot_then_live_ticks_and_survives_a_drain(stack):
     """In Chromium: snapshots, then ticks with true latency, wire text as text; a drain moves it on."""
     stack.c.env["SHARDCAST_JWT_SECRET"] = SECRET
-    ports = {"A": free_port(), "B": free_port()}
-    origins = ",".join(f"http://127.0.0.1:{port}" for port in ports.values())  # the page may use either
-    shards = {sid: stack.shard(sid, "--auth", "jwt", "--allowed-origins", origins, ws_port=port)
-              for sid, port in ports.items()}
+    # The page comes from A: A sees its own origin (allowed by default), B is told A's, once A has
+    # bound its port (port 0, reported by A itself: no port is chosen first and bound later).
+    a = stack.shard("A", "--auth", "jwt")
+    page_origin = f"http://127.0.0.1:{a.ws_port}"
+    shards = {"A": a, "B": stack.shard("B", "--auth", "jwt", "--allowed-origins", page_origin)}
     d = stack.dispatcher()
     p = producer(stack.kafka.bootstrap)
     first = _produce_round(p, stack.c.topic, 0)  # last values, for the snapshots
@@ -183,7 +183,7 @@ def test_demo_page_shows_snapshot_then_live_ticks_and_survives_a_drain(stack):
     urls = [shards[sid].ws_url for sid in ("A", "B")]
     token = issue(SECRET.encode(), [*TOKENS, HOSTILE], 3600)
     query = urlencode({"token": token, "tokens": ",".join((*TOKENS, HOSTILE)), "urls": ",".join(urls)})
-    page = f"http://127.0.0.1:{ports['A']}/?{query}"
+    page = f"{page_origin}/?{query}"
     browser = Browser({"pageUrl": page, "chromium": CHROMIUM, "timeoutMs": 90000},
                       stack.c.logdir / "demo-browser.log")
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -14,7 +16,6 @@ import pytest
 import websocket
 
 from devstack.frontdoor import FrontDoorProc, find_nginx, start_frontdoor
-from devstack.procs import free_port
 from tests.integration.admin_client import Admin, pb
 from tests.integration.helpers import WsClient, produce, producer, wait_for
 
@@ -134,10 +135,44 @@ def _reloaded(workdir: Path) -> bool:
 
 
 def _front(stack, tmp_path) -> FrontDoorProc:
-    fd = start_frontdoor(stack.c.redis_url, stack.c.namespace, free_port(), tmp_path / "frontdoor",
+    fd = start_frontdoor(stack.c.redis_url, stack.c.namespace, 0, tmp_path / "frontdoor",
                          stack.c.logdir, poll_s=0.3)
     stack.procs.append(fd)  # stopped (and its log shown on failure) with the rest of the stack
     return fd
+
+
+@contextlib.contextmanager
+def _taken_port():
+    """A loopback port another socket listens on for the duration."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_front_door_retries_on_another_port_when_its_port_is_taken(stack, tmp_path):
+    """nginx given a taken port exits "Address already in use": with fallback the front door starts
+    it again on another free port, reports that port and routes there; an exact port fails instead."""
+    stack.shard("A")
+    stack.dispatcher()
+    with _taken_port() as port:
+        with pytest.raises(RuntimeError, match="exited"):
+            start_frontdoor(stack.c.redis_url, stack.c.namespace, port, tmp_path / "exact",
+                            tmp_path / "exact-logs")
+        assert f"127.0.0.1:{port} failed (98: Address already in use)" in (
+            tmp_path / "exact" / "nginx.log").read_text()
+        fd = start_frontdoor(stack.c.redis_url, stack.c.namespace, port, tmp_path / "frontdoor",
+                             stack.c.logdir, poll_s=0.3, fallback=True)
+        stack.procs.append(fd)
+        assert fd.port != port and json.loads((tmp_path / "frontdoor" / "ports.json").read_text()) == {
+            "http": fd.port}
+        nginx_log = (tmp_path / "frontdoor" / "nginx.log").read_text()
+        assert f"127.0.0.1:{port} failed (98: Address already in use)" in nginx_log  # the retry happened
+        wait_for(lambda: fd.shards() == ["A"], what="A in the upstream")
+        client = WsClient(fd.url)
+        client.subscribe(TOKEN)
+        produce(producer(stack.kafka.bootstrap), stack.c.topic, [(TOKEN, b'{"i":0}')])
+        assert json.loads(client.ticks(1)[0])["data"] == {"i": 0}
 
 
 def test_front_door_spreads_clients_and_serves_the_demo_page_and_client_files(stack, tmp_path):
@@ -204,7 +239,8 @@ def test_drained_shard_is_skipped_and_its_clients_return_through_the_front_door(
         back = [WsClient(fd.url) for _ in range(3)]
         for c in back:
             c.subscribe(TOKEN)
-        assert _connections(shards)["B"] == 1
+        conns = _connections(shards)  # on failure: whom nginx routes to now and what B refused
+        assert conns["B"] == 1, (conns, fd.shards(), shards["B"].stats()["upgrades_refused"])
         assert all(json.loads(c.ticks(1)[0])["token"] == TOKEN for c in back)
     finally:
         _close_all(clients, ticker)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.metrics import STANDARD_NAMES
 from demo.producer import METRIC_NAMES as PRODUCER_NAMES
-from devstack.procs import free_port
+from devstack.procs import BIND_ATTEMPTS, IN_USE, file_size, free_port, log_since, wait_until
 from devstack.stack import start_producer
 from dispatcher.metrics import NAMES as DISPATCHER_NAMES
 from shard.metrics import NAMES as SHARD_NAMES
@@ -131,10 +133,9 @@ def _clock_ticks() -> int:
 
 def test_demo_producer_serves_metrics(stack):
     """The demo producer counts the records it sends on its own /metrics."""
-    port = free_port()
-    proc = start_producer(stack.c, rate=100, tokens=5, metrics_port=port)
+    proc, port = _producer_with_metrics(stack)
     try:
-        m = wait_for(lambda: _try_scrape(port), timeout_s=30, what="producer metrics")[0]
+        m = scrape(port)
         assert set(m) == set(PRODUCER_NAMES)
         wait_for(lambda: value(scrape(port), "shardcast_producer_records_sent", "_total") >= 50,
                  timeout_s=30, what="records counted")
@@ -144,8 +145,27 @@ def test_demo_producer_serves_metrics(stack):
         proc.wait(10)
 
 
-def _try_scrape(port: int):
-    try:
-        return scrape(port)
-    except OSError:
-        return None
+def _producer_with_metrics(stack) -> tuple[subprocess.Popen, int]:
+    """The demo producer serving /metrics, and its port. Its `--metrics-port 0` means "off", so it
+    is given a free port: one taken before it binds (it exits "Address already in use") is replaced
+    by another, at most BIND_ATTEMPTS times; the port counts once the producer itself listens on it."""
+    log = stack.c.logdir / "producer.log"
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        port, offset = free_port(), file_size(log)
+        proc = start_producer(stack.c, rate=100, tokens=5, metrics_port=port)
+        try:
+            wait_until(lambda: _listens(proc.pid, port), 30, "producer metrics", proc=proc)  # noqa: B023
+            return proc, port
+        except RuntimeError:
+            if attempt == BIND_ATTEMPTS or IN_USE not in log_since(log, offset):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on 127.0.0.1:`port` (not another process)."""
+    inodes = {f"socket:[{f[9]}]" for f in (line.split() for line in Path("/proc/net/tcp").read_text()
+                                                          .splitlines()[1:])
+              if f[3] == "0A" and f[1] == f"0100007F:{port:04X}"}
+    fds = Path(f"/proc/{pid}/fd")
+    return any(os.readlink(fd) in inodes for fd in fds.iterdir())
