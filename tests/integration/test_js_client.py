@@ -294,3 +294,81 @@ def test_js_client_gets_gap_on_4010_resubscribes_and_a_resync_elsewhere(stack, j
     assert last["kind"] == "tick"
     _assert_in_order_once(drv.updates("old", old))
     assert drv.stats("old")["gaps"] == 1
+
+
+def _wire(drv: Driver, client: str, direction: str, **match) -> list[dict]:
+    """Protocol frames `client` sent ("out") or received ("in", data frames left out) matching `match`."""
+    return [e["frame"] for e in drv.of(client, "wire", dir=direction)
+            if all(e["frame"].get(k) == v for k, v in match.items())]
+
+
+def test_js_client_pings_a_quiet_connection_and_the_shard_answers_each(stack, js):
+    """No ticks flowing: every pingIntervalS the client sends {"op":"ping"}, the real shard answers
+    each with a pong of its id, and the client stays on its first connection (no reconnect)."""
+    a = stack.shard("A")
+    stack.dispatcher()
+    drv = js({"name": "c", "urls": [a.ws_url], "tokens": ["JS-P"], "wire": True,
+              "options": {"pingIntervalS": 0.3, "pongTimeoutS": 60}})
+    drv.wait("c", "state", state="connected")
+    wait_for(lambda: len(_wire(drv, "c", "in", type="pong")) >= 3, timeout_s=60, what="3 pongs")
+    pongs = _wire(drv, "c", "in", type="pong")
+    pings = _wire(drv, "c", "out", op="ping")
+    assert all(set(p) == {"op", "id"} for p in pings), pings
+    assert [p["id"] for p in pongs] == [p["id"] for p in pings][:len(pongs)]
+    assert len(pings) - len(pongs) in (0, 1)  # at most the latest ping still in flight
+    produce(producer(stack.kafka.bootstrap), stack.c.topic, _ticks("JS-P", 0, 1))
+    assert drv.wait("c", "update", token="JS-P")[0]["data"] == {"i": 0}
+    assert [e["state"] for e in drv.of("c", "state")] == ["connecting", "connected"]
+    assert drv.stats("c")["reconnects"] == 0
+    assert a.stats()["connections_total"] == 1
+
+
+def test_js_client_gives_up_on_a_frozen_shard_after_pong_timeout_and_moves_on(stack, js):
+    """The client's shard is SIGSTOPped: its ping goes unanswered for pongTimeoutS, the client hangs
+    up (4000), backs off (exact with random 0.5: 125 ms), reconnects to the other URL, resubscribes
+    and receives the tick produced afterwards."""
+    shards = [stack.shard("A"), stack.shard("B")]
+    stack.dispatcher()
+    drv = js({"name": "c", "urls": [s.ws_url for s in shards], "tokens": ["JS-PT"], "random": 0.5,
+              "wire": True, "options": {"pingIntervalS": 0.5, "pongTimeoutS": 3}})
+    first = _shard_of(drv.wait("c", "state", state="connected")[0]["url"], shards)
+    other = next(s for s in shards if s is not first)
+    feed = producer(stack.kafka.bootstrap)
+    produce(feed, stack.c.topic, _ticks("JS-PT", 0, 1))
+    drv.wait("c", "update", token="JS-PT")
+    os.kill(first.proc.pid, signal.SIGSTOP)
+    try:
+        moved = drv.wait("c", "state", state="reconnecting", timeout_s=60)[0]
+        assert (moved["code"], moved["delayMs"], moved["url"]) == (4000, 125, other.ws_url)
+        assert "no answer to a ping" in moved["reason"]
+        unanswered = _wire(drv, "c", "out", op="ping")[-1]["id"]
+        assert unanswered not in [p["id"] for p in _wire(drv, "c", "in", type="pong")]
+        assert drv.wait("c", "state", n=2, state="connected", timeout_s=60)[1]["url"] == other.ws_url
+        produce(feed, stack.c.topic, _ticks("JS-PT", 1, 1))
+        got = drv.wait("c", "update", n=2, token="JS-PT", timeout_s=60)
+        assert _sequence(got) == [0, 1]
+        assert drv.stats("c")["reconnects"] == 1
+    finally:
+        os.kill(first.proc.pid, signal.SIGCONT)
+
+
+def test_js_client_backs_off_after_4029_then_resubscribes(stack, js):
+    """A shard with a 5-request budget (no refill to speak of): the client made to send 25 more subscribes
+    gets rate_limited, then the shard closes 4029; the client reconnects after a backoff delay
+    (exact with random 0.5: 125 ms, not the immediate reconnect of 1012), resubscribes, receives."""
+    a = stack.shard("A", "--requests-per-s", "0.001", "--request-burst", "5")
+    stack.dispatcher()
+    drv = js({"name": "c", "urls": [a.ws_url], "tokens": ["JS-RL"], "random": 0.5})
+    drv.wait("c", "state", state="connected")
+    # The subscribe at connect, then 25: 5 pass, 20 get rate_limited, the 26th request is answered
+    # with 4029. No more: a request still unread when the shard hangs up makes its kernel send a
+    # reset, which may overtake the close frame (then the client sees 1006).
+    for i in range(25):
+        drv.send({"cmd": "subscribe", "client": "c", "tokens": [f"JS-RL-{i}"]})
+    moved = drv.wait("c", "state", state="reconnecting", timeout_s=60)[0]
+    assert (moved["code"], moved["delayMs"], moved["url"]) == (4029, 125, a.ws_url)
+    drv.wait("c", "state", n=2, state="connected", timeout_s=60)
+    produce(producer(stack.kafka.bootstrap), stack.c.topic, _ticks("JS-RL", 0, 1))
+    assert drv.wait("c", "update", token="JS-RL", timeout_s=60)[0]["data"] == {"i": 0}
+    assert drv.stats("c")["reconnects"] == 1
+    assert a.stats()["connections_total"] == 2

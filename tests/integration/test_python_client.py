@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import secrets
 import signal
@@ -27,10 +28,12 @@ from shardcast_client import (
     AuthFailedError,
     AuthFailedEvent,
     Client,
+    ClientConfig,
     DuplicateEvent,
     GapEvent,
     Update,
 )
+from websockets.frames import Opcode
 
 from devstack.procs import ROOT
 from shard.token import issue
@@ -159,6 +162,28 @@ def harnesses():
 
 def _ticks(token: str, values: range) -> list[tuple[str, bytes]]:
     return [(token, json.dumps({"i": i}).encode()) for i in values]
+
+
+class Wire(logging.Handler):
+    """The protocol frames one client's websockets connection sent and received (its debug log)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.frames: list[tuple[str, dict]] = []
+        self.logger = logging.getLogger(f"test.wire.{secrets.token_hex(4)}")
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        frame = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if record.msg in ("> %s", "< %s") and getattr(frame, "opcode", None) is Opcode.TEXT:
+            self.frames.append((record.msg[0], json.loads(bytes(frame.data))))
+
+    def of(self, direction: str, **match) -> list[dict]:
+        """Frames sent (">") or received ("<") whose fields equal `match`."""
+        return [f for d, f in list(self.frames)
+                if d == direction and all(f.get(k) == v for k, v in match.items())]
 
 
 def _consumed(d, n: int) -> None:
@@ -390,3 +415,86 @@ def test_watch_cli_exits_1_on_a_refused_token(stack):
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out) == (1, "")
     assert "authentication failed: 4003" in err
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_quiet_connection_is_kept_alive_by_pings_the_shard_answers(stack, harnesses, api):
+    """No ticks flowing: every ping_interval_s the client sends {"op":"ping"}, the real shard answers
+    each with a pong of its id, and the client stays on its first connection (no reconnect)."""
+    a = stack.shard("A")
+    stack.dispatcher()
+    wire = Wire()
+    h = harnesses(api, [a.ws_url], tokens=["KA-1"], connect_options={"logger": wire.logger},
+                  config=ClientConfig(ping_interval_s=0.3, pong_timeout_s=60))
+    h.wait_connected()
+    wait_for(lambda: len(wire.of("<", type="pong")) >= 3, timeout_s=60, what="3 pongs")
+    pongs, pings = wire.of("<", type="pong"), wire.of(">", op="ping")
+    assert all(set(p) == {"op", "id"} for p in pings), pings
+    assert [p["id"] for p in pongs] == [p["id"] for p in pings][:len(pongs)]
+    assert len(pings) - len(pongs) in (0, 1)  # at most the latest ping still in flight
+    produce(producer(stack.kafka.bootstrap), stack.c.topic, _ticks("KA-1", range(1)))
+    h.wait_updates(1)
+    assert [e.state for e in h.of("state")] == ["connecting", "connected"]
+    assert h.stats().reconnects == 0
+    assert a.stats()["connections_total"] == 1
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_frozen_shard_is_left_after_pong_timeout_for_the_other_url(stack, harnesses, api):
+    """The client's shard is SIGSTOPped: its ping goes unanswered for pong_timeout_s, the client hangs
+    up (4000), backs off (exact with the injected random: 125 ms), reconnects to the other URL,
+    resubscribes and receives the tick produced afterwards."""
+    a, b = stack.shard("A"), stack.shard("B")
+    stack.dispatcher()
+    wire = Wire()
+    h = harnesses(api, [a.ws_url, b.ws_url], tokens=["PT-1"], rand=_first_then(0.0, 0.5),
+                  connect_options={"logger": wire.logger},
+                  config=ClientConfig(ping_interval_s=0.5, pong_timeout_s=3, close_timeout_s=1))
+    h.wait_connected()
+    feed = producer(stack.kafka.bootstrap)
+    produce(feed, stack.c.topic, _ticks("PT-1", range(1)))
+    h.wait_updates(1)
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        h.wait_connected(2, timeout_s=60)
+        produce(feed, stack.c.topic, _ticks("PT-1", range(1, 2)))
+        h.wait_updates(2, timeout_s=60)
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    assert [u.data["i"] for u in h.updates] == [0, 1]
+    [moved] = h.states("reconnecting")
+    assert (moved.url, moved.code, moved.delay_ms, moved.attempt) == (b.ws_url, 4000, 125, 1)
+    assert "after a ping" in moved.reason
+    assert [c.url for c in h.states("connected")] == [a.ws_url, b.ws_url]
+    answered = {p["id"] for p in wire.of("<", type="pong")}
+    unanswered = [p["id"] for p in wire.of(">", op="ping") if p["id"] not in answered]
+    assert len(unanswered) == 1  # the one ping A never answered
+    assert h.stats().reconnects == 1
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_4029_after_a_request_flood_backs_off_then_resubscribes(stack, harnesses, api):
+    """A shard with a 5-request budget (no refill to speak of): the client made to send 25 more subscribes
+    gets rate_limited, then the shard closes 4029; the client reconnects after a backoff delay
+    (exact with the injected random: 125 ms, not the immediate reconnect of 1012), resubscribes."""
+    a = stack.shard("A", "--requests-per-s", "0.001", "--request-burst", "5")
+    stack.dispatcher()
+    h = harnesses(api, [a.ws_url], tokens=["RL-1"], rand=_first_then(0.0, 0.5))
+    h.wait_connected()
+
+    def flood() -> None:
+        # The subscribe at connect, then 25: 5 pass, 20 get rate_limited, the 26th request is
+        # answered with 4029. No more: a request still unread when the shard hangs up makes its
+        # kernel send a reset, which may overtake the close frame (then the client sees 1006).
+        for i in range(25):
+            h.client.subscribe([f"RL-F{i}"])
+
+    h.call(flood)
+    h.wait_connected(2, timeout_s=60)
+    [moved] = h.states("reconnecting")
+    assert (moved.url, moved.code, moved.delay_ms, moved.attempt) == (a.ws_url, 4029, 125, 1)
+    produce(producer(stack.kafka.bootstrap), stack.c.topic, _ticks("RL-1", range(1)))
+    h.wait_updates(1, "RL-1", timeout_s=60)
+    assert h.data("RL-1") == [{"i": 0}]
+    assert h.stats().reconnects == 1
+    assert a.stats()["connections_total"] == 2

@@ -393,7 +393,9 @@ export class Keepalive {
     const quiet = nowMs - this.lastRx;
     if (quiet >= this.pingIntervalMs) {
       this.pingSentAt = nowMs;
-      return { action: "ping", inMs: this.pongTimeoutMs };
+      // Check again at the next ping's time if that comes first: the pong resets nothing but state,
+      // so waiting the whole pong timeout would skip pings when it exceeds the interval.
+      return { action: "ping", inMs: Math.min(this.pongTimeoutMs, this.pingIntervalMs) };
     }
     return { action: "wait", inMs: this.pingIntervalMs - quiet };
   }

@@ -265,6 +265,14 @@ describe("Keepalive", () => {
     k.received(20_000);
     assert.deepEqual(k.check(25_000), { action: "wait", inMs: 10_000 });
   });
+
+  test("a pong timeout longer than the interval never delays the next ping", () => {
+    const k = new Keepalive(300, 60_000, 0);
+    assert.deepEqual(k.check(300), { action: "ping", inMs: 300 });
+    k.received(310);
+    assert.deepEqual(k.check(600), { action: "wait", inMs: 10 });
+    assert.deepEqual(k.check(610), { action: "ping", inMs: 300 });
+  });
 });
 
 describe("Pending", () => {

@@ -4,7 +4,10 @@
 // Config (JSON, in the environment: it may carry JWTs, which must stay out of argv):
 //   {"clients": [{"name": "c1", "urls": [...], "tokens": [...], "token": "jwt" | omitted,
 //                 "tokenSeq": ["jwt1", "jwt2"] (getToken hands these out in order, the last one repeated),
-//                 "options": {pingIntervalS, pongTimeoutS, refreshBeforeS, backoff: {...}}}]}
+//                 "options": {pingIntervalS, pongTimeoutS, refreshBeforeS, backoff: {...}},
+//                 "random": 0.5 (every draw of the client's random, so URLs and delays are exact),
+//                 "wire": true (also report the client's protocol frames: {"ev":"wire","dir":"out"|"in",
+//                 "frame": {...}} for every text it sends and every non-data frame it receives)}]}
 // Stdout: one JSON object per line, {"client", "ev", "t", ...the event's payload}; every event of
 //   every client, plus {"ev":"token_hook"} per getToken call, {"ev":"stats"} when asked, {"ev":"ready"}.
 // Stdin: one JSON command per line: {"cmd":"subscribe"|"unsubscribe","client","tokens"},
@@ -39,8 +42,11 @@ async function main(config) {
       out({ client: name, ev: "token_hook", n: calls });
       return token;
     };
+    const random = spec.random === undefined ? undefined : () => spec.random;
+    const WebSocket = spec.wire ? wireTap(globalThis.WebSocket, (doc) => out({ client: name, ...doc }))
+      : undefined;
     const client = new ShardcastClient({
-      urls: spec.urls, tokens: spec.tokens, token: spec.token, getToken, ...spec.options,
+      urls: spec.urls, tokens: spec.tokens, token: spec.token, getToken, random, WebSocket, ...spec.options,
     });
     for (const ev of EVENTS) {
       client.on(ev, (p) => out({ client: name, ev, ...(ev === "update" ? plain(p) : p) }));
@@ -78,4 +84,25 @@ async function main(config) {
 function plain(u) {
   const data = u.data instanceof Uint8Array ? { b64: btoa(String.fromCharCode(...u.data)) } : u.data;
   return { ...u, data };
+}
+
+/** The real WebSocket class, reporting what goes over the wire (the frames are not touched). */
+function wireTap(Base, report) {
+  return class TappedWebSocket extends Base {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (e) => {
+        if (typeof e.data !== "string") return;
+        const frame = JSON.parse(e.data);
+        if (frame.type !== "tick" && frame.type !== "snapshot" && frame.type !== "resync") {
+          report({ ev: "wire", dir: "in", frame });
+        }
+      });
+    }
+
+    send(data) {
+      if (typeof data === "string") report({ ev: "wire", dir: "out", frame: JSON.parse(data) });
+      super.send(data);
+    }
+  };
 }
