@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 
 import redis
@@ -214,3 +215,28 @@ def committed_equals_end(bootstrap: str, group: str, topic: str) -> bool:
     finally:
         admin.close()
         probe.close()
+
+
+class TickReader:
+    """Reads `n` tick values (`data.s`) on a thread while the test produces, as a live client
+    does: what sits unread in a socket counts as behind, so a test must not read only at the end."""
+
+    def __init__(self, client: WsClient, n: int) -> None:
+        self.got: list[int] = []
+        self.errors: list[BaseException] = []
+        self._client, self._n = client, n
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while len(self.got) < self._n:
+                self.got.append(json.loads(self._client.ticks(1, timeout_s=60)[0])["data"]["s"])
+        except BaseException as exc:  # reported to the test by `join`
+            self.errors.append(exc)
+
+    def join(self, timeout_s: float = 30) -> list[int]:
+        """The values read; raises what the reading thread raised."""
+        self._thread.join(timeout_s)
+        assert not self.errors, self.errors
+        return self.got

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import threading
 import time
 import urllib.request
 
@@ -16,7 +15,7 @@ import pytest
 import websocket
 from kafka import KafkaProducer
 
-from tests.integration.helpers import WsClient, produce, producer, wait_for
+from tests.integration.helpers import TickReader, WsClient, produce, producer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,27 +65,16 @@ def test_a_client_that_stops_reading_is_hung_up_at_the_write_timeout_and_counted
     assert json.loads(stuck.recv())["type"] == "subscribed"  # from here on it reads nothing
     reader = WsClient(a.ws_url)
     reader.subscribe("WT")
-    got: list[int] = []
-    errors: list[BaseException] = []
     n = 400
-
-    def read() -> None:
-        try:
-            while len(got) < n:
-                got.append(json.loads(reader.ticks(1, timeout_s=60)[0])["data"]["s"])
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
+    ticks = TickReader(reader, n)
     pad = "w" * 4000
     p = producer(stack.kafka.bootstrap)
     for start in range(0, n, 50):  # 1.6 MB in all: far beyond both sockets' buffers
         produce(p, stack.c.topic, [("WT", json.dumps({"s": i, "pad": pad}).encode())
                                    for i in range(start, start + 50)])
-        wait_for(lambda s=start: len(got) >= s + 50 or errors, timeout_s=30, what="the reader's ticks")
-    thread.join(30)
-    assert not errors and got == list(range(n))
+        wait_for(lambda s=start: len(ticks.got) >= s + 50 or ticks.errors, timeout_s=30,
+                 what="the reader's ticks")
+    assert ticks.join(30) == list(range(n))
     wait_for(lambda: a.stats()["connections"] == 1, timeout_s=30, what="the stuck client hung up")
     st = a.stats()
     assert (st["clients_write_timeout"], st["clients_overflowed"], st["frames_conflated"]) == (1, 0, 0)

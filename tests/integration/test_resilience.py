@@ -28,6 +28,7 @@ from devstack.procs import (
 )
 from devstack.redis_server import RedisServer
 from tests.integration.helpers import (
+    TickReader,
     WsClient,
     batch_producer,
     committed_equals_end,
@@ -57,26 +58,13 @@ def test_slow_client_is_closed_4008_and_fast_client_gets_everything(stack):
     n = 4000
     blob = "x" * 4000
     p = producer(stack.kafka.bootstrap)
-    got: list[int] = []
-    errors: list[BaseException] = []
-
-    def read_fast() -> None:
-        """Read all the time, also while the test produces: what sits unread in a socket counts as behind."""
-        try:
-            while len(got) < n:
-                got.append(json.loads(fast.ticks(1, timeout_s=60)[0])["data"]["s"])
-        except BaseException as exc:  # reported by the main thread
-            errors.append(exc)
-
-    reader = threading.Thread(target=read_fast, daemon=True)
-    reader.start()
+    reader = TickReader(fast, n)
     for start in range(0, n, 200):  # ~8 MB/s: a rate a reading client keeps up with
         produce(p, stack.c.topic,
                 [("HOT", json.dumps({"s": i, "pad": blob}).encode()) for i in range(start, start + 200)])
-        wait_for(lambda s=start: len(got) >= s + 200 or errors, timeout_s=30, what="fast client's ticks")
-    reader.join(30)
-    assert not errors, errors
-    assert got == list(range(n))
+        wait_for(lambda s=start: len(reader.got) >= s + 200 or reader.errors, timeout_s=30,
+                 what="fast client's ticks")
+    assert reader.join(30) == list(range(n))
     # Found behind also with no tick left to push: the shard measures while its writer waits.
     wait_for(lambda: a.stats()["clients_overflowed"] == 1, timeout_s=60, what="slow client closed")
     wait_for(lambda: a.stats()["connections"] == 1, what="slow client released")
