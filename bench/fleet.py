@@ -42,20 +42,28 @@ class Totals:
         self.latency: Counter[int] = Counter()
 
 
-def client(i: int, url: str, tokens: list[str], t: Totals, gate: gevent.lock.BoundedSemaphore) -> None:
+def open_ws(url: str, path: str, t: Totals, gate: gevent.lock.BoundedSemaphore) -> RawWs | None:
+    """One client's handshake (at most `gate`'s count in flight); failures counted by cause in `t`."""
     u = urlparse(url)
     try:
         with gate:  # bound the handshakes in flight, like real clients arriving over time
-            ws = RawWs(u.hostname, u.port, u.path)
+            ws = RawWs(u.hostname, u.port, path)
     except HandshakeError as exc:
         t.failed += 1
         t.errors[f"http_{exc.status}"] += 1
-        return
+        return None
     except OSError as exc:
         t.failed += 1
         t.errors[type(exc).__name__] += 1
-        return
+        return None
     t.connected += 1
+    return ws
+
+
+def client(i: int, url: str, tokens: list[str], t: Totals, gate: gevent.lock.BoundedSemaphore) -> None:
+    ws = open_ws(url, urlparse(url).path, t, gate)
+    if ws is None:
+        return
     ws.send(json.dumps({"op": "subscribe", "tokens": tokens}).encode())
     last = dict.fromkeys(tokens, 0)
     latency = t.latency

@@ -24,16 +24,15 @@ import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
-from urllib.parse import urlparse  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.lock  # noqa: E402
 from gevent.fileobject import FileObject  # noqa: E402
 
-from bench.fleet import Totals  # noqa: E402
+from bench.fleet import Totals, open_ws  # noqa: E402
 from bench.peers_adapters import ADAPTERS  # noqa: E402
 from bench.workload import latency_bucket, subscriptions, zipf_cdf  # noqa: E402
-from bench.wsclient import OP_CLOSE, OP_PING, OP_PONG, HandshakeError, RawWs  # noqa: E402
+from bench.wsclient import OP_CLOSE, OP_PING, OP_PONG, RawWs  # noqa: E402
 
 
 class StepTotals(Totals):
@@ -67,19 +66,9 @@ class StepTotals(Totals):
 
 def client(i: int, url: str, tokens: list[str], adapter, t: StepTotals,
            gate: gevent.lock.BoundedSemaphore) -> None:
-    u = urlparse(url)
-    try:
-        with gate:  # bound the handshakes in flight, like real clients arriving over time
-            ws = RawWs(u.hostname, u.port, adapter.path)
-    except HandshakeError as exc:
-        t.failed += 1
-        t.errors[f"http_{exc.status}"] += 1
+    ws = open_ws(url, adapter.path, t, gate)
+    if ws is None:
         return
-    except OSError as exc:
-        t.failed += 1
-        t.errors[type(exc).__name__] += 1
-        return
-    t.connected += 1
     try:
         for msg in adapter.hello(tokens):
             ws.send(msg)
