@@ -155,9 +155,15 @@ def worker_user() -> str:
 
 
 def render(listen: str, shards: tuple[tuple[str, str], ...], layout: Layout, user: str = "",
-           worker_connections: int = 4096) -> str:
-    """The whole nginx.conf for this set of shards (no shard: every proxied route answers 503)."""
-    health = json.dumps({"ok": bool(shards), "shards": [sid for sid, _ in shards]}, separators=(",", ":"))
+           worker_connections: int = 4096, generation: int = 1) -> str:
+    """The whole nginx.conf for this set of shards (no shard: every proxied route answers 503).
+
+    `/healthz` names the config's `generation` (1 for the first one written, +1 per rewrite):
+    for a moment after a reload the previous worker still accepts and answers with its own, so
+    "nginx routes to these shards" is known only once the new generation answers.
+    """
+    health = json.dumps({"ok": bool(shards), "shards": [sid for sid, _ in shards],
+                         "generation": generation}, separators=(",", ":"))
     temp = "".join(f"  {name}_temp_path {layout.temp / name};\n" for name in TEMP_PATHS)
     if shards:
         servers = "".join(f"    server {addr} max_fails=3 fail_timeout=5s;  # {sid}\n"
@@ -257,6 +263,7 @@ class Nginx:
         self.proc: subprocess.Popen | None = None
         self.shards: tuple[tuple[str, str], ...] | None = None
         self.reloads = 0
+        self.generation = 0  # configs written so far; /healthz names the one that answers
 
     @property
     def listen(self) -> str:
@@ -271,13 +278,15 @@ class Nginx:
         self.layout.root.mkdir(parents=True, exist_ok=True)
         for name in TEMP_PATHS:
             (self.layout.temp / name).mkdir(parents=True, exist_ok=True)
-        text = render(self.listen, shards, self.layout, self.user, self.worker_connections)
+        text = render(self.listen, shards, self.layout, self.user, self.worker_connections,
+                      self.generation + 1)
         tmp = self.layout.conf.with_suffix(".new")
         tmp.write_text(text)
         check = subprocess.run(self._cmd(tmp, "-t", "-q"), capture_output=True, text=True, timeout=30)
         if check.returncode != 0:
             raise RuntimeError(f"nginx rejected the generated config: {check.stderr.strip()[-500:]}")
         os.replace(tmp, self.layout.conf)
+        self.generation += 1
 
     def start(self, shards: tuple[tuple[str, str], ...]) -> None:
         self._write(shards)
@@ -329,7 +338,7 @@ class Nginx:
         self.shards = shards
         self.proc.send_signal(signal.SIGHUP)
         self.reloads += 1
-        log.info("nginx reloaded shards=%s", [sid for sid, _ in shards])
+        log.info("nginx reloaded shards=%s generation=%d", [sid for sid, _ in shards], self.generation)
         return True
 
     def running(self) -> bool:
@@ -464,8 +473,18 @@ class FrontDoorProc:
         return status, doc if isinstance(doc, dict) else {}
 
     def shards(self) -> list[str]:
-        """The shard ids nginx routes to now (the config it was last reloaded with)."""
+        """The shard ids in the config of the worker that answered (just after a reload that may
+        still be the previous config: see `routes`)."""
         return list(self.health()[1].get("shards", []))
+
+    def generation(self) -> int:
+        """The generation of the config that answered /healthz (see `render`)."""
+        return int(self.health()[1].get("generation", 0))
+
+    def routes(self, shards: list[str], after: int) -> bool:
+        """A config newer than generation `after` answers, and it routes to exactly `shards`."""
+        doc = self.health()[1]
+        return doc.get("shards") == shards and int(doc.get("generation", 0)) > after
 
 
 def start_frontdoor(redis_url: str, namespace: str, port: int, workdir: Path, logdir: Path,

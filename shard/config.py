@@ -204,6 +204,17 @@ def parse_args(argv: list[str] | None = None) -> ShardConfig:
     )
 
 
+def advisories(cfg: ShardConfig) -> list[str]:
+    """Settings that are allowed (tests and odd deployments use them) but likely a mistake:
+    the shard logs each at start-up instead of refusing to run."""
+    out = []
+    if cfg.max_behind_s >= cfg.write_timeout_s:
+        out.append(f"--max-behind-s ({cfg.max_behind_s:g}) is not below --write-timeout-s "
+                   f"({cfg.write_timeout_s:g}): a client stuck on a full socket is reset without "
+                   "a close frame before its 4008 can be sent")
+    return out
+
+
 def _client_edge_flags(p: argparse.ArgumentParser) -> None:
     """Authentication, Origin policy and caps of the WebSocket edge."""
     f = lambda *a, **k: add_flag(p, *a, **k)  # noqa: E731

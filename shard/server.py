@@ -28,7 +28,7 @@ from common.registry import Registry, now_ms
 from shard import metrics
 from shard.auth import AuthError, Grant, bearer_token, origin_allowed
 from shard.codes import Close
-from shard.config import ShardConfig
+from shard.config import ShardConfig, advisories
 from shard.drain import Drain
 from shard.grpc_control import ControlServicer
 from shard.grpc_control import add_to_server as add_control
@@ -128,6 +128,8 @@ class ShardServer:
         self.grpc_server.start()
         log.info("gRPC port on %s tls=%s mtls=%s secret=%s", host_port(cfg.grpc_host, cfg.grpc_port),
                  bool(cfg.grpc_tls_cert), bool(cfg.grpc_tls_client_ca), bool(cfg.ingest_secret))
+        for advice in advisories(cfg):
+            log.warning("config: %s", advice)
         if not cfg.ingest_secret and not cfg.grpc_tls_client_ca:  # allowed on loopback only
             log.warning("gRPC port unauthenticated: any local process can push ticks or drain this "
                         "shard; set SHARDCAST_INGEST_SECRET")

@@ -58,12 +58,12 @@ def test_list_shards_get_stats_and_lookup_report_the_live_stack(stack):
     assert (shards["A"].tokens, shards["B"].connections) == (1, 0)
     assert shards["A"].ws_addr == a.ws_url and shards["B"].grpc_addr.endswith(f":{b.grpc_port}")
     assert shards["A"].records_offered == 50 and shards["B"].records_offered == 0
-    assert 0 <= shards["A"].heartbeat_age_s < 5
+    # heartbeat_age_s, registry_sync_age_s: test_metrics.py::test_ages_grow_while_their_source_is_silent
     s = admin.stats()
     assert (s.dispatcher_id, s.mode) == ("d1", pb.DISPATCH_MODE_TARGETED)
     # routed (to a shard) and unrouted (no shard wanted them) are disjoint: 50 + 7 = 57 consumed
     assert (s.records_routed, s.deliveries, s.records_unrouted, s.records_dropped) == (50, 50, 7, 0)
-    assert s.registry_healthy and s.routing_tokens == 1 and s.registry_sync_age_s < 5
+    assert s.registry_healthy and s.routing_tokens == 1
     assert {f.shard_id: f.records_offered for f in s.fanout} == {"A": 50, "B": 0}
     lag = wait_for(lambda: (x := admin.stats().lag) and len(x) == 3 and x, what="lag")[0]
     assert sum(p.high_watermark for p in lag) == 57 and all(p.lag == 0 for p in lag)

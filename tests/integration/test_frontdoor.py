@@ -195,7 +195,7 @@ def test_front_door_spreads_clients_and_serves_the_demo_page_and_client_files(st
     # The JS client files are whatever the shards serve: the front door passes them through.
     assert _get(f"{fd.http_url}/client/index.js") == _get(f"{direct}/client/index.js")
     assert _get(f"{fd.http_url}/metrics")[0] == 404
-    assert fd.health() == (200, {"ok": True, "shards": ["A", "B", "C"]})
+    assert fd.health() == (200, {"ok": True, "shards": ["A", "B", "C"], "generation": 1})  # never reloaded
 
 
 def test_drained_shard_is_skipped_and_its_clients_return_through_the_front_door(stack, tmp_path):
@@ -223,6 +223,8 @@ def test_drained_shard_is_skipped_and_its_clients_return_through_the_front_door(
         wait_for(lambda: all(c.ticks > b for c, b in zip(on_b, before, strict=True)), timeout_s=30,
                  what="B's clients back with ticks")
         wait_for(lambda: fd.shards() == ["A", "C"], what="B out of the upstream")
+        wait_for(lambda: _reloaded(tmp_path / "frontdoor"), what="the previous worker no longer accepting")
+        dropped = fd.generation()  # the config without B, now the only one accepting
         fresh = [WsClient(fd.url) for _ in range(4)]
         for c in fresh:
             c.subscribe(TOKEN)
@@ -233,7 +235,9 @@ def test_drained_shard_is_skipped_and_its_clients_return_through_the_front_door(
         for c in fresh:
             c.close()
         admin.stub.UndrainShard(pb.UndrainShardRequest(shard_id="B"), timeout=10)
-        wait_for(lambda: fd.shards() == ["A", "B", "C"], what="B back in the upstream")
+        # A worker of the config before the drain (it listed B) may still answer just after a
+        # reload: only a newer generation listing B proves the undrain reached nginx.
+        wait_for(lambda: fd.routes(["A", "B", "C"], after=dropped), what="B back in the upstream")
         wait_for(lambda: _reloaded(tmp_path / "frontdoor"), what="the previous worker no longer accepting")
         # The reloaded worker counts only its own connections: 3 new ones go one to each shard.
         back = [WsClient(fd.url) for _ in range(3)]

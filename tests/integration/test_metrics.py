@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.metrics import STANDARD_NAMES
@@ -18,6 +21,7 @@ from devstack.procs import BIND_ATTEMPTS, IN_USE, file_size, free_port, log_sinc
 from devstack.stack import start_producer
 from dispatcher.metrics import NAMES as DISPATCHER_NAMES
 from shard.metrics import NAMES as SHARD_NAMES
+from tests.integration.admin_client import Admin
 from tests.integration.helpers import WsClient, batch_producer, produce, same_partition_token, wait_for
 
 pytestmark = pytest.mark.integration
@@ -73,7 +77,8 @@ def test_dispatcher_and_shard_metrics_count_real_traffic_exactly(stack):
     assert value(dm, "shardcast_dispatcher_mode", mode="broadcast") == 0
     assert value(dm, "shardcast_dispatcher_route_batch_seconds", "_count") == 1  # one poll held them
     assert sum(dm["shardcast_dispatcher_consumer_lag_records"].values()) == 0
-    assert 0 <= value(dm, "shardcast_dispatcher_registry_sync_age_seconds") < 5
+    # NaN until the first sync; how it ages is proven by test_ages_grow_while_their_source_is_silent.
+    assert math.isfinite(value(dm, "shardcast_dispatcher_registry_sync_age_seconds"))
 
     am, bm = scrape(a.ws_port), scrape(b.ws_port)
     assert set(am) == set(bm) == set(SHARD_NAMES) | set(STANDARD_NAMES)
@@ -99,6 +104,33 @@ def test_dispatcher_and_shard_metrics_count_real_traffic_exactly(stack):
 def _le(bound: float) -> str:
     """A bucket bound as the exposition's `le` label writes it."""
     return str(float(bound))
+
+
+def test_ages_grow_while_their_source_is_silent(stack, redis_server):
+    """A frozen shard's heartbeat age (ListShards) and, with Redis paused, the dispatcher's registry
+    sync age (GetStats, /metrics and /healthz alike) pass 1 s, and fall back once the source answers."""
+    a = stack.shard("A", "--heartbeat-ttl-s", "30")  # stays listed live through both silences
+    d = stack.dispatcher()
+    admin = Admin(d.admin_target)
+    heartbeat_age = lambda: admin.shards()["A"].heartbeat_age_s  # noqa: E731
+    wait_for(lambda: "A" in admin.shards() and heartbeat_age() < 1, what="A heartbeating")
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: heartbeat_age() >= 1, what="A's heartbeat ageing while it is frozen")
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    wait_for(lambda: heartbeat_age() < 1, what="A's heartbeat fresh again")
+
+    def sync_ages() -> list[float]:
+        metric = value(scrape(d.http_port), "shardcast_dispatcher_registry_sync_age_seconds")
+        return [admin.stats().registry_sync_age_s, metric, d.get("/healthz")[1]["table_age_s"]]
+
+    wait_for(lambda: max(sync_ages()) < 1, what="the registry re-read (every 0.5 s)")
+    # Every client of this Redis waits 3 s, the dispatcher's liveness re-read among them.
+    redis.Redis.from_url(redis_server.url).execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    wait_for(lambda: min(sync_ages()) >= 1, what="the registry sync ageing while Redis is paused")
+    wait_for(lambda: max(sync_ages()) < 1, what="the registry sync fresh again")
+    assert d.get("/healthz")[0] == 200  # 3 s is within --max-table-age-s (10 s)
 
 
 def test_shard_and_dispatcher_export_the_standard_process_and_python_metrics(stack):

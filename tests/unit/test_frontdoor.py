@@ -42,19 +42,19 @@ def test_backends_keep_live_shards_with_valid_addresses_sorted():
 
 
 def test_render_lists_every_backend_and_answers_503_without_any(tmp_path):
-    """The config names each backend under least_conn with next-upstream on 503; with none, every
-    proxied route and /healthz answer 503 and no upstream block is written."""
+    """The config names each backend under least_conn with next-upstream on 503 and /healthz names
+    its generation; with none, every proxied route and /healthz answer 503 and no upstream is written."""
     layout = Layout(tmp_path)
-    two = render("127.0.0.1:8780", (("A", "127.0.0.1:8701"), ("B", "[::1]:8702")), layout)
+    two = render("127.0.0.1:8780", (("A", "127.0.0.1:8701"), ("B", "[::1]:8702")), layout, generation=7)
     assert "least_conn;" in two and "proxy_next_upstream error timeout http_503;" in two
     assert "    server 127.0.0.1:8701 max_fails=3 fail_timeout=5s;  # A\n" in two
     assert "    server [::1]:8702 max_fails=3 fail_timeout=5s;  # B\n" in two
-    assert """return 200 '{"ok":true,"shards":["A","B"]}\\n';""" in two
+    assert """return 200 '{"ok":true,"shards":["A","B"],"generation":7}\\n';""" in two
     assert f"pid {tmp_path / 'nginx.pid'};" in two and "/var/" not in two
     none = render("127.0.0.1:8780", (), layout)
     assert "upstream" not in none and "proxy_pass" not in none
     assert none.count("return 503 'no shard is accepting clients\\n';") == 3  # /ws, /, /client/
-    assert """return 503 '{"ok":false,"shards":[]}\\n';""" in none
+    assert """return 503 '{"ok":false,"shards":[],"generation":1}\\n';""" in none
 
 
 @pytest.mark.skipif(find_nginx() is None, reason="nginx is not installed (`make nginx`)")
