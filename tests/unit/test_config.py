@@ -114,6 +114,7 @@ def test_admin_api_beyond_loopback_requires_a_token(monkeypatch):
 def test_shard_advises_when_max_behind_reaches_the_write_timeout():
     """--max-behind-s at or above --write-timeout-s starts but is named as advice; the defaults are clean."""
     assert shard_config.advisories(shard_args(["--id", "A"])) == []
-    same = shard_config.advisories(shard_args(["--id", "A", "--max-behind-s", "10", "--write-timeout-s", "10"]))
+    same = shard_config.advisories(shard_args(["--id", "A", "--max-behind-s", "10",
+                                               "--write-timeout-s", "10"]))
     assert len(same) == 1 and same[0].startswith("--max-behind-s (10) is not below --write-timeout-s (10)")
     assert shard_config.advisories(shard_args(["--id", "A", "--max-behind-s", "9.5"])) == []
