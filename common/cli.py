@@ -41,11 +41,19 @@ def add_flag(
 
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse type that rejects zero and negative numbers."""
+    return _bounded(kind, lambda v: v > 0, "> 0")
 
+
+def non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type that rejects negative numbers (0 usually means "off")."""
+    return _bounded(kind, lambda v: v >= 0, ">= 0")
+
+
+def _bounded(kind: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
     def parse(raw: str) -> Any:
         value = kind(raw)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {raw}")
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {raw}")
         return value
 
     parse.__name__ = kind.__name__

@@ -138,6 +138,9 @@ class Dispatcher:
             "fallback_batches": rc.fallback_batches,
             "snapshots_sent": self.snapshots_sent,
             "commits": self.loop.commits,
+            "polls": self.loop.polls,
+            "fetch_mode": self.loop.pacer.current.mode,  # busy: fetches gather records (fetch_pacing.py)
+            "fetch_mode_switches": self.loop.pacer.switches,
             "commit_failures": self.loop.commit_failures,
             "routing_tokens": len(self.sync.table),
             "registry_healthy": self.sync.connected,

@@ -28,6 +28,7 @@ from common.backoff import Backoff
 from common.metrics import FastHistogram
 from common.records import TOKEN_RE, Record
 from dispatcher.config import DispatcherConfig
+from dispatcher.fetch_pacing import FetchPacer, FetchSettings
 from dispatcher.last_values import LastValues
 from dispatcher.registry_sync import RegistrySync
 from dispatcher.routing import Router
@@ -71,6 +72,9 @@ class ConsumerLoop:
         self.commit_failures = 0
 
         self.polls = 0
+        self.pacer = FetchPacer(cfg.kafka_fetch_linger_ms, cfg.kafka_fetch_batch_bytes,
+                                cfg.kafka_fetch_wait_ms)
+        self._pacing_unsupported = False
         # Newest record of each token this dispatcher consumes (bounded): the snapshot a
         # shard gets when it joins a token's route, and the value of a resync. Written here only.
         self.last = LastValues(cfg.last_values_max)
@@ -107,6 +111,7 @@ class ConsumerLoop:
 
     def _connect(self) -> KafkaConsumer:
         cfg = self.cfg
+        idle = self.pacer.reset()  # a new consumer answers at the first record (fetch_pacing.py)
         consumer = KafkaConsumer(
             bootstrap_servers=cfg.kafka_bootstrap.split(","),
             group_id=cfg.group,
@@ -114,7 +119,9 @@ class ConsumerLoop:
             enable_auto_commit=False,
             auto_offset_reset=cfg.offset_reset,
             max_poll_records=cfg.max_poll_records,
-            fetch_max_wait_ms=50,
+            metrics_enabled=False,  # kafka-python's own sensors: ~10 % of the poll loop, never read
+            fetch_min_bytes=idle.min_bytes,
+            fetch_max_wait_ms=idle.max_wait_ms,
             # kafka-python's default frame cap (1,000,000 bytes) is below its own
             # default partition fetch size (1 MiB): a full fetch would fail forever.
             max_partition_fetch_bytes=1 << 20,
@@ -136,6 +143,9 @@ class ConsumerLoop:
             self.polls += 1
             self.streams.reconcile(self.sync.live)
             records = self._translate(polled)
+            pace = self.pacer.after_poll(bool(polled), time.monotonic())
+            if pace is not None:
+                self._apply_fetch(pace)
             if records:
                 t0 = time.perf_counter()
                 plan = self.router.route(records, self.streams.routable)
@@ -145,6 +155,24 @@ class ConsumerLoop:
                 self.commit()
                 self._measure_lag()
                 next_commit = time.monotonic() + self.cfg.commit_interval_s
+
+    def _apply_fetch(self, settings: FetchSettings) -> None:
+        """Make the consumer's next fetches use `settings` (see dispatcher/fetch_pacing.py).
+
+        kafka-python reads these two values from its fetcher's config for every
+        fetch request it builds, but has no public setter: the pinned version is
+        checked by tests/integration/test_fetch_pacing.py. Should a later one
+        lack the attribute, the consumer keeps its start-up settings (idle),
+        which is correct, only costlier, and logged once.
+        """
+        conf = getattr(getattr(self.consumer, "_fetcher", None), "config", None)
+        if not isinstance(conf, dict) or not {"fetch_min_bytes", "fetch_max_wait_ms"} <= conf.keys():
+            if not self._pacing_unsupported:
+                self._pacing_unsupported = True
+                log.warning("this kafka-python has no fetcher config to pace fetches with")
+            return
+        conf["fetch_min_bytes"] = settings.min_bytes
+        conf["fetch_max_wait_ms"] = settings.max_wait_ms
 
     def _translate(self, polled) -> list[Record]:
         """ConsumerRecords → Records; a record whose key is not a valid token is counted and skipped."""

@@ -21,6 +21,7 @@ from common.metrics import LATENCY_BUCKETS_S
 from common.records import Record
 from common.registry import ShardInfo
 from dispatcher import consumer as consumer_mod
+from dispatcher.config import parse_args as dispatcher_args
 from dispatcher.consumer import COMMIT_TIMEOUT_MS, ConsumerLoop
 from dispatcher.grpc_out import ShardSender, StreamPolicy
 from dispatcher.shard_queue import ShardQueue
@@ -302,7 +303,7 @@ class FakeTime:
 
 def loop_at(now_s: float, monkeypatch) -> ConsumerLoop:
     monkeypatch.setattr(consumer_mod, "time", FakeTime(now_s))
-    return ConsumerLoop(SimpleNamespace(last_values_max=100), sync=None, router=None, streams=None)
+    return ConsumerLoop(dispatcher_args(["--last-values-max", "100"]), sync=None, router=None, streams=None)
 
 
 def kafka_record(key: bytes | None, offset: int, ts_ms: int, value: bytes | None = b"{}", partition=0):
@@ -358,7 +359,7 @@ class FakeConsumer:
 
 
 def committing(consumer: FakeConsumer, pending: dict[int, int]) -> ConsumerLoop:
-    loop = ConsumerLoop(SimpleNamespace(last_values_max=10), sync=None, router=None,
+    loop = ConsumerLoop(dispatcher_args(["--last-values-max", "10"]), sync=None, router=None,
                         streams=SimpleNamespace(pending_offsets=lambda: pending))
     loop.consumer = consumer
     return loop
