@@ -18,6 +18,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PR_SET_PDEATHSIG = 1
+# grpcio turns on gRPC's fork handlers by default: in a process that holds a gRPC channel (the
+# tests' admin clients, the benches), every fork() first waits for gRPC's own threads to pause.
+# One such wait never ended and hung `make test` inside Popen (pytest's timeout cannot interrupt
+# fork()), and a child can abort in gRPC's after-fork handler before it execs. Our children exec
+# at once and share no gRPC state with us, so the handlers only add risk. Read when gRPC starts:
+# tests/conftest.py sets it before anything imports grpc; this covers the other entry points.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 
 _HANDED_OUT: set[int] = set()

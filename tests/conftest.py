@@ -10,6 +10,11 @@ run as subprocesses so pytest itself is never gevent-patched.
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports grpc: no gRPC fork handlers in pytest (see devstack/procs.py).
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+
 import shutil
 import tempfile
 import uuid
