@@ -113,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> DispatcherConfig:
       "while records flow, the broker holds each fetch up to this long (or until "
       "--kafka-fetch-batch-bytes are ready), so what arrives meanwhile travels as one poll and "
       "one batch per shard: the most latency this adds, for about a third less CPU per delivered "
-      "frame; after a poll with nothing, fetches answer at the first record again (0: always)",
+      "frame; after two lingers (at least 0.1 s) without a record, fetches answer at the first "
+      "record again (0: always)",
       non_negative(int))
     f("kafka-fetch-batch-bytes", "SHARDCAST_KAFKA_FETCH_BATCH_BYTES", 64 << 10,
       "while records flow, the broker answers a fetch as soon as this much is ready", positive(int))

@@ -55,8 +55,9 @@ def _read_to_end(sock: socket.socket, timeout_s: float = 15) -> tuple[bytes, str
 
 
 def test_a_client_that_stops_reading_is_hung_up_at_the_write_timeout_and_counted(stack):
-    """With --write-timeout-s 1 (and --max-behind-s far away) a client whose socket stays full is
-    reset without a close frame and counted once; a reader on the same token gets every tick."""
+    """With --write-timeout-s 1 (and --max-behind-s far away, which the shard logs as advice) a client
+    whose socket stays full is reset without a close frame and counted once; a reader on the same
+    token gets every tick."""
     a = stack.shard("A", "--write-timeout-s", "1", "--max-behind-s", "120", "--client-sndbuf-bytes", "65536")
     stack.dispatcher()
     stuck = websocket.create_connection(
@@ -81,6 +82,8 @@ def test_a_client_that_stops_reading_is_hung_up_at_the_write_timeout_and_counted
     raw, end = _read_to_end(stuck.sock)
     assert end in ("reset", "eof") and all(op != 0x8 for op, _ in _frames(raw))  # no close frame
     assert a.stats()["clients_write_timeout"] == 1
+    # The shard named this setting as advice at start-up (shard.config.advisories).
+    assert "config: --max-behind-s (120) is not below --write-timeout-s (1)" in a.log.read_text()
 
 
 # -- close codes for protocol violations ----------------------------------------------------
