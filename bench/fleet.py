@@ -19,6 +19,7 @@ import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from urllib.parse import urlparse  # noqa: E402
 
 import gevent  # noqa: E402
@@ -60,6 +61,20 @@ def open_ws(url: str, path: str, t: Totals, gate: gevent.lock.BoundedSemaphore) 
     return ws
 
 
+def data_payloads(ws: RawWs, t: Totals) -> Iterator[bytes]:
+    """The payloads of `ws`'s data frames; pings are answered, and a close frame is counted in `t`
+    (with its code) and ends the iteration."""
+    for op, payload in ws.frames():
+        if op == OP_PING:
+            ws.send(payload, OP_PONG)
+        elif op == OP_CLOSE:
+            t.closed_by_server += 1
+            t.close_codes[int.from_bytes(payload[:2], "big")] += 1
+            return
+        else:
+            yield payload
+
+
 def client(i: int, url: str, tokens: list[str], t: Totals, gate: gevent.lock.BoundedSemaphore) -> None:
     ws = open_ws(url, urlparse(url).path, t, gate)
     if ws is None:
@@ -68,14 +83,7 @@ def client(i: int, url: str, tokens: list[str], t: Totals, gate: gevent.lock.Bou
     last = dict.fromkeys(tokens, 0)
     latency = t.latency
     try:
-        for op, payload in ws.frames():
-            if op == OP_PING:
-                ws.send(payload, OP_PONG)
-                continue
-            if op == OP_CLOSE:
-                t.closed_by_server += 1
-                t.close_codes[int.from_bytes(payload[:2], "big")] += 1
-                break
+        for payload in data_payloads(ws, t):
             tick = parse_tick(payload)
             if tick is None:
                 if payload.startswith(b'{"type":"subscribed"'):

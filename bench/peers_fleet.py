@@ -29,10 +29,10 @@ import gevent  # noqa: E402
 import gevent.lock  # noqa: E402
 from gevent.fileobject import FileObject  # noqa: E402
 
-from bench.fleet import Totals, open_ws  # noqa: E402
+from bench.fleet import Totals, data_payloads, open_ws  # noqa: E402
 from bench.peers_adapters import ADAPTERS  # noqa: E402
 from bench.workload import latency_bucket, subscriptions, zipf_cdf  # noqa: E402
-from bench.wsclient import OP_CLOSE, OP_PING, OP_PONG, RawWs  # noqa: E402
+from bench.wsclient import RawWs  # noqa: E402
 
 
 class StepTotals(Totals):
@@ -84,14 +84,7 @@ def _receive(ws: RawWs, tokens: list[str], adapter, t: StepTotals) -> None:
     last = dict.fromkeys(tokens, 0)
     gen, acks, need = t.gen, 0, adapter.acks_needed(tokens)
     parse, latency = adapter.parse, t.latency
-    for op, payload in ws.frames():
-        if op == OP_PING:
-            ws.send(payload, OP_PONG)
-            continue
-        if op == OP_CLOSE:
-            t.closed_by_server += 1
-            t.close_codes[int.from_bytes(payload[:2], "big")] += 1
-            return
+    for payload in data_payloads(ws, t):
         ticks, controls = parse(payload)
         for msg in controls:
             c = adapter.control(msg)

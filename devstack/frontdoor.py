@@ -262,7 +262,6 @@ class Nginx:
         self.worker_connections = worker_connections_limit()
         self.proc: subprocess.Popen | None = None
         self.shards: tuple[tuple[str, str], ...] | None = None
-        self.reloads = 0
         self.generation = 0  # configs written so far; /healthz names the one that answers
 
     @property
@@ -337,7 +336,6 @@ class Nginx:
         self._write(shards)
         self.shards = shards
         self.proc.send_signal(signal.SIGHUP)
-        self.reloads += 1
         log.info("nginx reloaded shards=%s generation=%d", [sid for sid, _ in shards], self.generation)
         return True
 
