@@ -42,7 +42,7 @@ from shard.protocol import SUBPROTOCOL, negotiate_subprotocol
 from shard.registry_writer import RegistryWriter, make_info
 from shard.static_files import StaticFiles
 from shard.static_files import headers as static_headers
-from shard.wsconn import SUBPROTOCOL_ENV, Connection, LimitedWebSocket, ShardHandler
+from shard.wsconn import SUBPROTOCOL_ENV, Connection, ShardHandler
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws"
@@ -109,7 +109,7 @@ class ShardServer:
                          cfg.grpc_tls_key, cfg.grpc_tls_client_ca)
         self.ws_socket = _bound_socket(cfg.host, cfg.ws_port)
         self.cfg = dataclasses.replace(cfg, ws_port=self.ws_socket.getsockname()[1], grpc_port=grpc_port)
-        self.ws_server = pywsgi.WSGIServer(
+        self.ws_server = _WSGIServer(
             self.ws_socket, self.wsgi_app, handler_class=ShardHandler, log=None,
         )
         self.ws_server.pre_start_hook = self._plain_http
@@ -257,25 +257,37 @@ class ShardServer:
         return _json(start_response, "404 Not Found", {"error": "not found"})
 
     def _serve_ws(self, ws) -> None:
-        ws.__class__ = LimitedWebSocket
+        """Take over an upgraded socket from pywsgi, whose handler greenlet then ends.
+
+        pywsgi and gevent-websocket would close the socket (and send a close
+        frame) once the application returns; here the Connection owns it and
+        closes it when it is done (Connection._finish calls `finished`).
+        """
+        handler = ws.handler
+        sock, rfile = handler.socket, handler.rfile
         conn_id = next(self._ids)
-        conn = Connection(self, ws, conn_id)
-        ws.handler.sc_conn = conn
-        self.conns[conn_id] = conn
         ip = ws.environ.get("REMOTE_ADDR", "")
+        conn = Connection(self, sock, conn_id, ip)  # should this raise, pywsgi closes the socket
+        grant: Grant | None = ws.environ.get("shardcast.grant")
+        conn.begin_auth(grant)
+        handler.socket = None  # pywsgi's handle() closes only the socket it still holds
+        ws.closed = True  # gevent-websocket sends a close frame only on an open one
+        self.ws_server.detached.add(sock)  # and the server's do_close leaves it alone
+        self.conns[conn_id] = conn
         self.ip_conns[ip] += 1
         self.counters["connections_total"] += 1
-        try:
-            grant: Grant | None = ws.environ.get("shardcast.grant")
-            conn.begin_auth(grant)
-            conn.run()
-        finally:
-            del self.conns[conn_id]
-            self.ip_conns[ip] -= 1
-            if self.ip_conns[ip] <= 0:
-                del self.ip_conns[ip]
-            self.watch.policy.closed()
-            self.counters["frames_conflated"] += conn.box.conflations
+        conn.start(_buffered(sock, rfile))
+
+    def finished(self, conn: Connection) -> None:
+        """A connection is closed and released: forget it."""
+        if self.conns.pop(conn.conn_id, None) is None:
+            return
+        ip = conn.ip
+        self.ip_conns[ip] -= 1
+        if self.ip_conns[ip] <= 0:
+            del self.ip_conns[ip]
+        self.watch.policy.closed()
+        self.counters["frames_conflated"] += conn.box.conflations
 
     def _keepalive_loop(self) -> None:
         """Ping quiet clients and close silent ones (see shard.keepalive).
@@ -344,6 +356,9 @@ class ShardServer:
             "frames_conflated": self.counters["frames_conflated"]
             + sum(c.box.conflations for c in self.conns.values()),
             "clients_behind": sum(1 for c in self.conns.values() if c.box.conflated),
+            # Greenlets serving clients right now: an idle client has none (shard/wsconn.py).
+            "readers_active": self.counters["readers_active"],
+            "writers_active": sum(1 for c in self.conns.values() if c.writer is not None),
             "snapshots_received": hc.snapshots_received,
             "snapshots_stale": hc.snapshots_stale,
             "duplicates_dropped": hc.duplicates_dropped,
@@ -389,3 +404,36 @@ def _json(start_response, status: str, doc: dict[str, object]) -> list[bytes]:
     body = json.dumps(doc).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def _buffered(sock, rfile) -> bytes:
+    """What pywsgi's buffered reader took past the upgrade request (a client may send at once).
+
+    With the socket's timeout at 0, `read1` returns the buffer, or, when it is
+    empty, what one non-blocking read gets (b"" when nothing came yet).
+    """
+    sock.settimeout(0.0)
+    try:
+        return rfile.read1(1 << 16)
+    except OSError:
+        return b""  # reset already: the connection's first read finds out
+    finally:
+        sock.settimeout(None)
+
+
+class _WSGIServer(pywsgi.WSGIServer):
+    """pywsgi's server, except that it does not close the sockets upgraded to WebSockets.
+
+    Their `Connection` owns and closes them; the handler greenlet that did the
+    upgrade ends at once, so an idle client costs no greenlet.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.detached: set = set()  # upgraded sockets whose handler has not returned yet
+
+    def do_close(self, sock, *args) -> None:
+        if sock in self.detached:
+            self.detached.discard(sock)
+            return
+        super().do_close(sock, *args)

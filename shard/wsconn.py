@@ -1,9 +1,16 @@
-"""One WebSocket client connection: a reader loop and a writer greenlet (gevent adapter).
+"""One WebSocket client connection: on-demand reader and writer greenlets (gevent adapter).
 
 Every byte to the socket goes through the client's `Outbox`: written through
 when the socket takes it at once, else by the writer greenlet; the reader only
 parses requests and queues replies. So a stuck socket blocks only its own
 writer, and frames never interleave.
+
+An idle connection has no greenlet at all. After the upgrade, pywsgi's
+handler greenlet hands the socket over and ends; from then on a libev watcher
+notices input and a short-lived greenlet reads what arrived (without ever
+waiting for more: shard.wsread cuts frames incrementally), handles it and
+exits. A greenlet parked in a read for every client cost 9–13 KiB each: its
+saved C stack and its own chunk of Python frames (docs/benchmarks.md).
 
 A slow client is judged by time (see shard.outbox), and what sits unacknowledged
 in its socket's send buffer counts (SIOCOUTQ), so the kernel cannot hide a
@@ -23,9 +30,7 @@ import time
 from typing import TYPE_CHECKING
 
 import gevent
-from geventwebsocket.exceptions import ProtocolError as WsProtocolError
 from geventwebsocket.handler import WebSocketHandler
-from geventwebsocket.websocket import Header, WebSocket
 
 from shard.auth import AuthError, Grant
 from shard.codes import Close, ErrorCode
@@ -42,6 +47,8 @@ from shard.protocol import (
     ws_frame,
 )
 from shard.ratelimit import TokenBucket
+from shard.wsread import FrameReader, Inbound, PeerClose, Reject, Text
+from shard.wsread import Ping as WsPing
 
 if TYPE_CHECKING:
     from shard.server import ShardServer
@@ -71,24 +78,8 @@ def _wmem_max() -> int:
 WMEM_MAX = _wmem_max()
 
 
-class PeerClosedError(Exception):
-    """The client sent a close frame."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class InboundRejectedError(Exception):
-    """An inbound frame we refuse; carries the close code to answer with."""
-
-    def __init__(self, code: Close, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-READ_BUFFER_BYTES = 2048  # clients send little; pywsgi's default 8 KiB buffer per connection adds up
+READ_BUFFER_BYTES = 2048  # the upgrade request's buffer: pywsgi's default is 8 KiB
+RECV_BYTES = 4096  # one read of a client's socket (clients send little)
 
 
 SUBPROTOCOL_ENV = "shardcast.subprotocol"  # environ key: the subprotocol the upgrade negotiated
@@ -114,51 +105,8 @@ class ShardHandler(WebSocketHandler):
         return super().start_response(status, headers, exc_info)
 
 
-class LimitedWebSocket(WebSocket):
-    """gevent-websocket's reader with our limits and without its own writes.
-
-    The stock class reads a frame of any announced length into memory and
-    answers pings and closes by writing to the socket from the reader, racing
-    our writer. Here oversized and fragmented frames are refused before their
-    payload is read, and control replies go through the connection's outbox.
-    Layout-compatible (no new slots), so it is swapped in on the upgraded socket.
-    """
-
-    __slots__ = ()
-
-    def read_frame(self):  # type: ignore[override]
-        conn: Connection = self.handler.sc_conn
-        header = Header.decode_header(self.stream)
-        conn.last_rx = time.monotonic()
-        if header.flags:
-            raise WsProtocolError("reserved bits set")
-        if not header.mask:  # RFC 6455 5.1: a server must close on an unmasked client frame
-            raise WsProtocolError("unmasked client frame")
-        if header.opcode == self.OPCODE_CONTINUATION or (header.opcode < 8 and not header.fin):
-            raise InboundRejectedError(Close.UNSUPPORTED_DATA, "fragmented messages not supported")
-        if header.length > conn.max_frame_bytes:
-            raise InboundRejectedError(Close.MESSAGE_TOO_BIG, f"frame over {conn.max_frame_bytes} bytes")
-        payload = self.raw_read(header.length) if header.length else b""
-        if len(payload) != header.length:
-            raise OSError("unexpected EOF in frame payload")
-        if header.mask:
-            payload = header.unmask_payload(payload)
-        return header, payload
-
-    def handle_ping(self, header, payload):  # type: ignore[override]
-        self.handler.sc_conn.push(ws_frame(payload, OP_PONG))
-
-    def handle_close(self, header, payload):  # type: ignore[override]
-        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else Close.NORMAL
-        raise PeerClosedError(code)
-
-    def receive(self):  # type: ignore[override]
-        """Read one message; errors propagate to the connection loop (no writes here)."""
-        return self.read_message()
-
-
 class Connection:
-    """Reader loop, on-demand writer greenlet and per-client limits of one WebSocket."""
+    """On-demand reader and writer greenlets, and the per-client limits, of one WebSocket."""
 
     __slots__ = (
         "auth_timer",
@@ -166,10 +114,12 @@ class Connection:
         "bucket",
         "close_code",
         "close_reason",
+        "conn_id",
+        "frames",
         "grant",
+        "ip",
         "last_ping",
         "last_rx",
-        "max_frame_bytes",
         "peer_gone",
         "rate_strikes",
         "raw",
@@ -177,14 +127,14 @@ class Connection:
         "sock",
         "wait_slice",
         "writer",
-        "ws",
     )
 
-    def __init__(self, server: ShardServer, ws: WebSocket, conn_id: int) -> None:
+    def __init__(self, server: ShardServer, sock: socket.socket, conn_id: int, ip: str = "") -> None:
         cfg = server.cfg
         self.server = server
-        self.ws = ws
-        self.sock: socket.socket = ws.handler.socket
+        self.conn_id = conn_id
+        self.ip = ip
+        self.sock = sock
         # We coalesce frames ourselves (Outbox.drain); Nagle would instead hold a
         # tick until the client's delayed ACK of the previous frame, up to 40 ms.
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -193,7 +143,7 @@ class Connection:
             # memory, stale ticks it would replay, and no room left for a close frame.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.client_sndbuf_bytes)
         self.raw = self.sock._sock  # the non-blocking OS socket under gevent's wrapper
-        self.max_frame_bytes = cfg.max_frame_bytes
+        self.frames = FrameReader(cfg.max_frame_bytes)
         self.writer: gevent.Greenlet | None = None
         self.box = Outbox(cfg.outbox_frames, self._wake, conn_id, cfg.max_behind_s,
                           direct=self._write_now, max_bytes=cfg.outbox_bytes, unacked=self._unacked)
@@ -208,25 +158,60 @@ class Connection:
         self.auth_timer = None  # libev timer: auth deadline, then the token's expiry
 
     # -- lifecycle -------------------------------------------------------
-    def run(self) -> None:
-        """Serve the connection until either side closes it."""
+    def start(self, received: bytes) -> None:
+        """Handle `received` (what the upgrade's reads took past the request), then wait for more.
+
+        Runs in pywsgi's handler greenlet, which ends when this returns: the
+        connection owns the socket from here (see ShardServer._serve_ws).
+        """
+        self.frames.feed(received)
+        self._read_burst()
+
+    def _readable(self) -> None:
+        """libev: the client sent something (or hung up). In the hub: no blocking here."""
+        self.sock._read_event.stop()
+        gevent.spawn_raw(self._read_burst)
+
+    def _read_burst(self) -> None:
+        """Handle everything received, then re-arm the watcher and return, or finish the connection."""
+        counters = self.server.counters
+        counters["readers_active"] += 1
         try:
-            self._read_loop()
+            try:
+                if self._read_available():
+                    self.sock._read_event.start(self._readable)
+                    return
+            except Exception:  # a bug must not leak the connection: close it, and say so in the log
+                log.exception("conn %d: reading failed", self.conn_id)
+                self.close(Close.INTERNAL_ERROR, "internal error")
+            self._finish()
         finally:
-            if self.auth_timer is not None:
-                self.auth_timer.close()
-            self.server.hub.remove(self.box)
-            if self.peer_gone:
-                if self.writer is not None:
-                    self.writer.kill(block=False)  # nothing can be written to a dead socket
-            else:
-                if self.close_code is None:
-                    self.close(Close.GOING_AWAY, "")
-                writer = self.writer
-                if writer is not None:
-                    writer.join(timeout=2)  # let it flush and send the close frame
-                    writer.kill(block=False)
-            self.ws.closed = True  # the stock handler must not write a close frame of its own
+            counters["readers_active"] -= 1
+
+    def _finish(self) -> None:
+        """Reading is over: let the writer send the close frame, then release everything."""
+        self.sock._read_event.stop()
+        if self.auth_timer is not None:
+            self.auth_timer.close()
+        self.server.hub.remove(self.box)
+        if self.peer_gone:
+            if self.writer is not None:
+                self.writer.kill(block=False)  # nothing can be written to a dead socket
+        else:
+            if self.close_code is None:
+                self.close(Close.GOING_AWAY, "")
+            writer = self.writer
+            if writer is not None:
+                writer.join(timeout=2)  # let it flush and send the close frame
+                writer.kill(block=False)
+        self.box.closed = True
+        with contextlib.suppress(OSError):
+            # Unread input would make close() send a reset, which may discard the
+            # close frame before the client reads it (pywsgi reads it out too).
+            self.raw.recv(16384)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.server.finished(self)
 
     def ping(self, now: float) -> None:
         """Queue a WebSocket ping; the client's pong (any frame) proves it is alive."""
@@ -319,31 +304,41 @@ class Connection:
             self.close(code, reason)
 
     # -- reading ---------------------------------------------------------
-    def _read_loop(self) -> None:
+    def _read_available(self) -> bool:
+        """Handle every whole message received so far: True to wait for more, False when done.
+
+        Never waits: a frame not yet whole stays in the reader's buffer for the
+        next time the socket is readable.
+        """
+        frames = self.frames
         while self.close_code is None:
+            msg = frames.next()
+            if msg is not None:
+                self._on_message(msg)
+                continue
             try:
-                msg = self.ws.receive()
-            except PeerClosedError as pc:
-                self.close(pc.code if _echoable(pc.code) else Close.NORMAL, "")
-                return
-            except InboundRejectedError as rej:
-                self.close(rej.code, rej.reason)
-                return
-            except UnicodeError:
-                self.close(Close.INVALID_PAYLOAD, "text frame is not UTF-8")
-                return
-            except WsProtocolError as exc:
-                self.close(Close.PROTOCOL_ERROR, str(exc)[:100])
-                return
-            except OSError:
+                data = self.raw.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:  # reset: nothing can be written either
                 self.peer_gone = True
-                return
-            if msg is None:
-                return
-            if not isinstance(msg, str):
-                self.close(Close.UNSUPPORTED_DATA, "binary frames not supported")
-                return
-            self._handle_text(msg)
+                return False
+            if not data:  # the client hung up without a close frame
+                return False
+            self.last_rx = time.monotonic()
+            frames.feed(data)
+        return False
+
+    def _on_message(self, msg: Inbound) -> None:
+        if isinstance(msg, Text):
+            self._handle_text(msg.text)
+        elif isinstance(msg, WsPing):
+            self.push(ws_frame(msg.payload, OP_PONG))
+        elif isinstance(msg, PeerClose):
+            self.close(msg.code if _echoable(msg.code) else Close.NORMAL, "")
+        elif isinstance(msg, Reject):
+            self.close(msg.code, msg.reason)
+        # a pong: its arrival (last_rx) is all the keepalive needs
 
     def _handle_text(self, text: str) -> None:
         if not self.bucket.take():

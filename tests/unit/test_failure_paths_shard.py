@@ -107,7 +107,7 @@ def connection(monkeypatch, room: int | None = None, **cfg) -> tuple[Connection,
                              latency=FastHistogram())
     wire = Wire(room)
     sock = Sock(wire, clock)
-    conn = Connection(server, SimpleNamespace(handler=SimpleNamespace(socket=sock)), 1)
+    conn = Connection(server, sock, 1)
     sock.conn = conn
     return conn, wire, sock, server
 

@@ -1,0 +1,94 @@
+"""Idle clients cost no greenlet: reading is on demand, frames are cut incrementally (shard.wsread)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import time
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.integration.helpers import WsClient, produce, producer, tick_payload, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _masked_text(doc: dict) -> bytes:
+    """A client text frame (masked, payload under 126 bytes)."""
+    payload = json.dumps(doc).encode()
+    key = os.urandom(4)
+    return (bytes([0x81, 0x80 | len(payload)]) + key
+            + bytes(c ^ key[i % 4] for i, c in enumerate(payload)))
+
+
+def _upgrade_request(url: str) -> bytes:
+    u = urlparse(url)
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {u.path} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+def _text_frames_until(sock: socket.socket, want: str, timeout_s: float = 10) -> list[dict]:
+    """Read the 101 response and server text frames until one of type `want` (all returned)."""
+    sock.settimeout(timeout_s)
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += sock.recv(4096)
+    head, raw = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    docs: list[dict] = []
+    while not any(d.get("type") == want for d in docs):
+        while len(raw) < 2 or len(raw) < 2 + (raw[1] & 0x7F):
+            raw += sock.recv(4096)
+        n = raw[1] & 0x7F
+        assert n < 126 and raw[0] == 0x81, raw[:2]
+        docs.append(json.loads(raw[2:2 + n]))
+        raw = raw[2 + n:]
+    return docs
+
+
+def test_idle_clients_hold_no_greenlet_yet_get_every_tick(stack):
+    """30 subscribed clients at rest leave no reader or writer greenlet in the shard, and each then
+    gets all 5 ticks of its token in order."""
+    a = stack.shard("A")
+    stack.dispatcher()
+    clients = [WsClient(a.ws_url) for _ in range(30)]
+    for c in clients:
+        c.subscribe("IDLE-1")
+    wait_for(lambda: a.stats()["connections"] == 30, what="30 connections")
+    wait_for(lambda: (a.stats()["readers_active"], a.stats()["writers_active"]) == (0, 0),
+             what="no greenlet serving an idle client")
+    produce(producer(stack.kafka.bootstrap), stack.c.topic,
+            [("IDLE-1", json.dumps({"i": i}).encode()) for i in range(5)])
+    for c in clients:
+        got = [json.loads(tick_payload(f, "IDLE-1")[1])["i"] for f in c.ticks(5)]
+        assert got == [0, 1, 2, 3, 4]
+
+
+def test_a_request_split_across_reads_waits_without_a_greenlet_and_is_answered_whole(stack):
+    """A ping request whose frame arrives in two parts 0.5 s apart: while half of it is in, no
+    greenlet waits for the rest; once whole, it is answered exactly once."""
+    a = stack.shard("A")
+    client = WsClient(a.ws_url)
+    frame = _masked_text({"op": "ping", "id": 7})
+    client.ws.sock.sendall(frame[:5])
+    time.sleep(0.5)
+    assert a.stats()["readers_active"] == 0
+    client.ws.sock.sendall(frame[5:])
+    assert client.next_control() == {"type": "pong", "id": 7}
+    assert client.request({"op": "ping"})["type"] == "pong"  # nothing else came before it
+
+
+def test_a_subscribe_sent_with_the_upgrade_request_is_served(stack):
+    """A client that writes its subscribe in the same packet as the upgrade request (bytes that
+    pywsgi's reader takes along with the request) gets its ack: nothing sent early is lost."""
+    a = stack.shard("A")
+    u = urlparse(a.ws_url)
+    with socket.create_connection((u.hostname, u.port)) as sock:
+        sock.sendall(_upgrade_request(a.ws_url) + _masked_text({"op": "subscribe", "tokens": ["EARLY"],
+                                                                "id": 1}))
+        docs = _text_frames_until(sock, "subscribed")
+    assert docs[-1] == {"type": "subscribed", "tokens": ["EARLY"], "id": 1}

@@ -1,0 +1,137 @@
+"""shard.wsread: client frames cut incrementally from bytes, and every refusal with its close code."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shard.codes import Close
+from shard.wsread import FrameReader, PeerClose, Ping, Pong, Reject, Text, unmask
+
+KEY = b"\x1f\x2e\x3d\x4c"
+
+
+def frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, masked: bool = True,
+          key: bytes = KEY) -> bytes:
+    """A client frame as a browser would send it (masked unless told otherwise)."""
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload)
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 1 << 16:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    return head + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+
+
+def messages(reader: FrameReader) -> list:
+    out = []
+    while (msg := reader.next()) is not None:
+        out.append(msg)
+    return out
+
+
+def test_a_frame_fed_byte_by_byte_completes_only_at_its_last_byte():
+    """Nothing comes out of a partial frame; the whole message comes out once, at its last byte."""
+    data = frame(0x1, b'{"op":"ping"}')
+    reader = FrameReader(1024)
+    seen = []
+    for i in range(len(data)):
+        reader.feed(data[i:i + 1])
+        seen.append(reader.next())
+    assert seen[:-1] == [None] * (len(data) - 1)
+    assert seen[-1] == Text('{"op":"ping"}')
+    assert reader.next() is None and not reader.buf
+
+
+def test_several_frames_in_one_read_come_out_in_order():
+    """A read holding a text, a ping, a pong and the start of another text yields the three whole ones."""
+    reader = FrameReader(1024)
+    rest = frame(0x1, b"later")
+    reader.feed(frame(0x1, b"a") + frame(0x9, b"hi") + frame(0xA, b"") + rest[:3])
+    assert messages(reader) == [Text("a"), Ping(b"hi"), Pong()]
+    reader.feed(rest[3:])
+    assert messages(reader) == [Text("later")]
+
+
+def test_extended_lengths_16_and_64_bit():
+    """Payloads of 126..65535 bytes (16-bit length) and over (64-bit length) are read whole."""
+    mid, big = "m" * 300, "b" * 70_000
+    reader = FrameReader(100_000)
+    reader.feed(frame(0x1, mid.encode()) + frame(0x1, big.encode()))
+    assert messages(reader) == [Text(mid), Text(big)]
+
+
+def test_close_frames_carry_their_code_or_1000():
+    """A close frame's first two bytes are its code; without them it counts as 1000 (normal)."""
+    with_code = FrameReader(1024)
+    with_code.feed(frame(0x8, (4321).to_bytes(2, "big") + b"bye"))
+    bare = FrameReader(1024)
+    bare.feed(frame(0x8, b""))
+    assert (with_code.next(), bare.next()) == (PeerClose(4321), PeerClose(Close.NORMAL))
+
+
+REFUSALS = {
+    "not UTF-8": (frame(0x1, b'{"x":"\xff"}'), Close.INVALID_PAYLOAD),
+    "reserved bit": (frame(0x1, b"{}", rsv=0x40), Close.PROTOCOL_ERROR),
+    "unmasked": (frame(0x1, b"{}", masked=False), Close.PROTOCOL_ERROR),
+    "unknown data opcode": (frame(0x3, b"{}"), Close.PROTOCOL_ERROR),
+    "unknown control opcode": (frame(0xB, b""), Close.PROTOCOL_ERROR),
+    "fragmented ping": (frame(0x9, b"hi", fin=False), Close.PROTOCOL_ERROR),
+    "ping over 125 bytes": (frame(0x9, b"p" * 126), Close.PROTOCOL_ERROR),
+    "fragmented text": (frame(0x1, b"{}", fin=False), Close.UNSUPPORTED_DATA),
+    "continuation first": (frame(0x0, b"{}"), Close.UNSUPPORTED_DATA),
+    "binary": (frame(0x2, b"\x00\x01"), Close.UNSUPPORTED_DATA),
+    "over the frame limit": (frame(0x1, b"x" * 2000), Close.MESSAGE_TOO_BIG),
+}
+
+
+def test_each_violation_is_refused_with_its_close_code_and_ends_the_reader():
+    """Every refused frame gives one Reject with its code; after it the reader yields nothing more."""
+    got = {}
+    for name, (data, _) in REFUSALS.items():
+        reader = FrameReader(1024)
+        reader.feed(data + frame(0x1, b"after"))
+        out = messages(reader)
+        got[name] = [m.code if isinstance(m, Reject) else m for m in out]
+        reader.feed(frame(0x1, b"more"))
+        assert reader.next() is None and reader.done
+    assert got == {name: [code] for name, (_, code) in REFUSALS.items()}
+
+
+def test_an_oversized_frame_is_refused_from_its_header_alone():
+    """Only the header of a frame over the limit is needed to refuse it: its payload is never buffered."""
+    reader = FrameReader(1024)
+    reader.feed(frame(0x1, b"x" * 5000)[:4])  # opcode, 126, 16-bit length
+    assert reader.next() == Reject(Close.MESSAGE_TOO_BIG, "frame over 1024 bytes")
+    assert not reader.buf
+
+
+@given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
+def test_unmask_is_the_per_byte_xor_and_its_own_inverse(payload, key):
+    """The one-integer unmask equals RFC 6455's byte-by-byte XOR, and applying it twice restores the input."""
+    expected = bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+    assert unmask(payload, key) == expected
+    assert unmask(unmask(payload, key), key) == payload
+
+
+texts = st.lists(st.text(max_size=200), min_size=1, max_size=8)
+
+
+@given(texts, st.lists(st.integers(min_value=1, max_value=64), min_size=1, max_size=40),
+       st.binary(min_size=4, max_size=4))
+def test_any_split_of_the_stream_gives_the_same_messages(docs, cuts, key):
+    """However the bytes are cut into reads, the messages that come out are the ones sent, in order."""
+    stream = b"".join(frame(0x1, d.encode(), key=key) for d in docs)
+    reader = FrameReader(1 << 16)
+    out, pos, i = [], 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        reader.feed(stream[pos:pos + step])
+        pos, i = pos + step, i + 1
+        out += messages(reader)
+    assert out == [Text(d) for d in docs]
