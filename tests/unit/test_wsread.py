@@ -75,32 +75,57 @@ def test_close_frames_carry_their_code_or_1000():
     assert (with_code.next(), bare.next()) == (PeerClose(4321), PeerClose(Close.NORMAL))
 
 
+P, U = Close.PROTOCOL_ERROR, Close.UNSUPPORTED_DATA
 REFUSALS = {
-    "not UTF-8": (frame(0x1, b'{"x":"\xff"}'), Close.INVALID_PAYLOAD),
-    "reserved bit": (frame(0x1, b"{}", rsv=0x40), Close.PROTOCOL_ERROR),
-    "unmasked": (frame(0x1, b"{}", masked=False), Close.PROTOCOL_ERROR),
-    "unknown data opcode": (frame(0x3, b"{}"), Close.PROTOCOL_ERROR),
-    "unknown control opcode": (frame(0xB, b""), Close.PROTOCOL_ERROR),
-    "fragmented ping": (frame(0x9, b"hi", fin=False), Close.PROTOCOL_ERROR),
-    "ping over 125 bytes": (frame(0x9, b"p" * 126), Close.PROTOCOL_ERROR),
-    "fragmented text": (frame(0x1, b"{}", fin=False), Close.UNSUPPORTED_DATA),
-    "continuation first": (frame(0x0, b"{}"), Close.UNSUPPORTED_DATA),
-    "binary": (frame(0x2, b"\x00\x01"), Close.UNSUPPORTED_DATA),
-    "over the frame limit": (frame(0x1, b"x" * 2000), Close.MESSAGE_TOO_BIG),
+    "not UTF-8": (frame(0x1, b'{"x":"\xff"}'), Reject(Close.INVALID_PAYLOAD, "text frame is not UTF-8")),
+    "reserved bit": (frame(0x1, b"{}", rsv=0x40), Reject(P, "reserved bits set")),
+    "unmasked": (frame(0x1, b"{}", masked=False), Reject(P, "unmasked client frame")),
+    "unmasked, odd length": (frame(0x1, b"{ }", masked=False), Reject(P, "unmasked client frame")),
+    "unknown data opcode": (frame(0x3, b"{}"), Reject(P, "unknown opcode 3")),
+    "unknown control opcode": (frame(0xB, b""), Reject(P, "unknown opcode 11")),
+    "fragmented ping": (frame(0x9, b"hi", fin=False), Reject(P, "fragmented control frame")),
+    "fragmented close": (frame(0x8, b"\x03\xe8", fin=False), Reject(P, "fragmented control frame")),
+    "ping over 125 bytes": (frame(0x9, b"p" * 126), Reject(P, "control frame over 125 bytes")),
+    "close over 125 bytes": (frame(0x8, b"c" * 126), Reject(P, "control frame over 125 bytes")),
+    "fragmented text": (frame(0x1, b"{}", fin=False), Reject(U, "fragmented messages not supported")),
+    "continuation first": (frame(0x0, b"{}"), Reject(U, "fragmented messages not supported")),
+    "binary": (frame(0x2, b"\x00\x01"), Reject(U, "binary frames not supported")),
+    "over the frame limit": (frame(0x1, b"x" * 1025), Reject(Close.MESSAGE_TOO_BIG, "frame over 1024 bytes")),
 }
 
 
-def test_each_violation_is_refused_with_its_close_code_and_ends_the_reader():
-    """Every refused frame gives one Reject with its code; after it the reader yields nothing more."""
+def test_each_violation_is_refused_with_its_close_code_and_reason_and_ends_the_reader():
+    """Every refused frame gives one Reject (its close code and reason); after it the reader yields
+    nothing more and holds no bytes."""
     got = {}
     for name, (data, _) in REFUSALS.items():
         reader = FrameReader(1024)
         reader.feed(data + frame(0x1, b"after"))
-        out = messages(reader)
-        got[name] = [m.code if isinstance(m, Reject) else m for m in out]
+        got[name] = messages(reader)
         reader.feed(frame(0x1, b"more"))
-        assert reader.next() is None and reader.done
-    assert got == {name: [code] for name, (_, code) in REFUSALS.items()}
+        assert reader.next() is None and reader.done and reader.buf == bytearray()
+    assert got == {name: [reject] for name, (_, reject) in REFUSALS.items()}
+
+
+def test_limits_are_inclusive_a_frame_at_the_limit_and_a_125_byte_ping_pass():
+    """A text frame of exactly max_frame_bytes and control frames of exactly 125 bytes are accepted."""
+    reader = FrameReader(1024)
+    reader.feed(frame(0x1, b"x" * 1024) + frame(0x9, b"p" * 125) + frame(0x8, b"\x0f\xa1" + b"c" * 123))
+    assert messages(reader) == [Text("x" * 1024), Ping(b"p" * 125), PeerClose(4001)]
+
+
+def test_a_two_byte_frame_is_judged_on_its_two_bytes():
+    """An unmasked empty pong (2 bytes, all of its header) is refused without waiting for more."""
+    reader = FrameReader(1024)
+    reader.feed(frame(0xA, b"", masked=False))
+    assert reader.next() == Reject(Close.PROTOCOL_ERROR, "unmasked client frame")
+
+
+def test_a_close_code_of_exactly_two_bytes_is_read():
+    """A close frame whose payload is just the 2-byte code (no reason) carries that code."""
+    reader = FrameReader(1024)
+    reader.feed(frame(0x8, (1001).to_bytes(2, "big")))
+    assert reader.next() == PeerClose(1001)
 
 
 def test_an_oversized_frame_is_refused_from_its_header_alone():
@@ -108,7 +133,7 @@ def test_an_oversized_frame_is_refused_from_its_header_alone():
     reader = FrameReader(1024)
     reader.feed(frame(0x1, b"x" * 5000)[:4])  # opcode, 126, 16-bit length
     assert reader.next() == Reject(Close.MESSAGE_TOO_BIG, "frame over 1024 bytes")
-    assert not reader.buf
+    assert reader.buf == bytearray()
 
 
 @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4))
