@@ -80,6 +80,7 @@ WMEM_MAX = _wmem_max()
 
 READ_BUFFER_BYTES = 2048  # the upgrade request's buffer: pywsgi's default is 8 KiB
 RECV_BYTES = 4096  # one read of a client's socket (clients send little)
+YIELD_EVERY_MESSAGES = 64  # a reader lets other greenlets run after this many messages in a row
 
 
 SUBPROTOCOL_ENV = "shardcast.subprotocol"  # environ key: the subprotocol the upgrade negotiated
@@ -311,10 +312,14 @@ class Connection:
         next time the socket is readable.
         """
         frames = self.frames
+        handled = 0
         while self.close_code is None:
             msg = frames.next()
             if msg is not None:
                 self._on_message(msg)
+                handled += 1
+                if handled % YIELD_EVERY_MESSAGES == 0:
+                    gevent.sleep(0)  # a client that never stops sending must not hold the loop
                 continue
             try:
                 data = self.raw.recv(RECV_BYTES)

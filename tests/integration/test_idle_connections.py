@@ -92,3 +92,21 @@ def test_a_subscribe_sent_with_the_upgrade_request_is_served(stack):
                                                                 "id": 1}))
         docs = _text_frames_until(sock, "subscribed")
     assert docs[-1] == {"type": "subscribed", "tokens": ["EARLY"], "id": 1}
+
+
+def test_a_burst_of_500_pings_in_one_write_gets_500_pongs_in_order(stack):
+    """500 WebSocket pings sent in one write (read in several bursts, yielding to other clients
+    every 64 messages) are each answered by a pong with the same payload, in order."""
+    a = stack.shard("A")
+    client = WsClient(a.ws_url)
+    key = b"\x01\x02\x03\x04"
+    pings = b"".join(bytes([0x89, 0x80 | 3]) + key + bytes(c ^ key[i % 4] for i, c in enumerate(b"%03d" % n))
+                     for n in range(500))
+    client.ws.sock.sendall(pings)
+    pongs = []
+    while len(pongs) < 500:
+        op, frame = client.ws.recv_data_frame(True)
+        assert op == 0xA, op
+        pongs.append(frame.data)
+    assert pongs == [b"%03d" % n for n in range(500)]
+    assert client.request({"op": "ping"})["type"] == "pong"
