@@ -263,20 +263,18 @@ class ShardServer:
         frame) once the application returns; here the Connection owns it and
         closes it when it is done (Connection._finish calls `finished`).
         """
-        handler = ws.handler
-        sock, rfile = handler.socket, handler.rfile
+        handler: ShardHandler = ws.handler
         conn_id = next(self._ids)
         ip = ws.environ.get("REMOTE_ADDR", "")
-        conn = Connection(self, sock, conn_id, ip)  # should this raise, pywsgi closes the socket
+        conn = Connection(self, handler.socket, conn_id, ip)  # should this raise, pywsgi closes it
         grant: Grant | None = ws.environ.get("shardcast.grant")
         conn.begin_auth(grant)
-        handler.socket = None  # pywsgi's handle() closes only the socket it still holds
-        ws.closed = True  # gevent-websocket sends a close frame only on an open one
-        self.ws_server.detached.add(sock)  # and the server's do_close leaves it alone
+        sock, received = handler.detach()
+        self.ws_server.detached.add(sock)
         self.conns[conn_id] = conn
         self.ip_conns[ip] += 1
         self.counters["connections_total"] += 1
-        conn.start(_buffered(sock, rfile))
+        conn.start(received)
 
     def finished(self, conn: Connection) -> None:
         """A connection is closed and released: forget it."""
@@ -404,21 +402,6 @@ def _json(start_response, status: str, doc: dict[str, object]) -> list[bytes]:
     body = json.dumps(doc).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
-
-
-def _buffered(sock, rfile) -> bytes:
-    """What pywsgi's buffered reader took past the upgrade request (a client may send at once).
-
-    With the socket's timeout at 0, `read1` returns the buffer, or, when it is
-    empty, what one non-blocking read gets (b"" when nothing came yet).
-    """
-    sock.settimeout(0.0)
-    try:
-        return rfile.read1(1 << 16)
-    except OSError:
-        return b""  # reset already: the connection's first read finds out
-    finally:
-        sock.settimeout(None)
 
 
 class _WSGIServer(pywsgi.WSGIServer):

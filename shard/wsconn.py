@@ -105,6 +105,27 @@ class ShardHandler(WebSocketHandler):
             headers = [*headers, ("Sec-WebSocket-Protocol", subprotocol)]
         return super().start_response(status, headers, exc_info)
 
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """Give up the upgraded socket: (the socket, what the request's reader took past the request).
+
+        pywsgi's `handle()` closes only a socket it still holds, and gevent-websocket
+        sends a close frame only on an open WebSocket; the server's `do_close` must
+        skip the socket too (shard.server._WSGIServer). The bytes are those a client
+        sent right after its upgrade request, in the same read: with the socket's
+        timeout at 0, `read1` returns the reader's buffer, or what one non-blocking
+        read gets (b"" when nothing came yet).
+        """
+        sock, rfile = self.socket, self.rfile
+        self.socket = None
+        self.websocket.closed = True
+        sock.settimeout(0.0)
+        try:
+            return sock, rfile.read1(1 << 16)
+        except OSError:
+            return sock, b""  # reset already: the connection's first read finds out
+        finally:
+            sock.settimeout(None)
+
 
 class Connection:
     """On-demand reader and writer greenlets, and the per-client limits, of one WebSocket."""
@@ -205,7 +226,6 @@ class Connection:
             if writer is not None:
                 writer.join(timeout=2)  # let it flush and send the close frame
                 writer.kill(block=False)
-        self.box.closed = True
         with contextlib.suppress(OSError):
             # Unread input would make close() send a reset, which may discard the
             # close frame before the client reads it (pywsgi reads it out too).

@@ -16,28 +16,12 @@ import websocket
 from kafka import KafkaProducer
 
 from tests.integration.helpers import TickReader, WsClient, produce, producer, wait_for
+from tests.wsframes import client_frame, server_frames
 
 pytestmark = pytest.mark.integration
 
 
 # -- the write-timeout hang-up --------------------------------------------------------------
-
-def _frames(raw: bytes) -> list[tuple[int, bytes]]:
-    """(opcode, payload) of each complete unmasked server frame in `raw` (a cut-off tail is left out)."""
-    out = []
-    while len(raw) >= 2:
-        n = raw[1] & 0x7F
-        start = 2 if n < 126 else 4 if n == 126 else 10
-        if len(raw) < start:
-            break
-        if n >= 126:
-            n = int.from_bytes(raw[2:start], "big")
-        if len(raw) < start + n:
-            break
-        out.append((raw[0] & 0x0F, raw[start:start + n]))
-        raw = raw[start + n:]
-    return out
-
 
 def _read_to_end(sock: socket.socket, timeout_s: float = 15) -> tuple[bytes, str]:
     """Everything the server sent until it closed the connection: (bytes, 'eof' or 'reset'), or
@@ -80,7 +64,7 @@ def test_a_client_that_stops_reading_is_hung_up_at_the_write_timeout_and_counted
     st = a.stats()
     assert (st["clients_write_timeout"], st["clients_overflowed"], st["frames_conflated"]) == (1, 0, 0)
     raw, end = _read_to_end(stuck.sock)
-    assert end in ("reset", "eof") and all(op != 0x8 for op, _ in _frames(raw))  # no close frame
+    assert end in ("reset", "eof") and all(op != 0x8 for op, _ in server_frames(raw))  # no close frame
     assert a.stats()["clients_write_timeout"] == 1
     # The shard named this setting as advice at start-up (shard.config.advisories).
     assert "config: --max-behind-s (120) is not below --write-timeout-s (1)" in a.log.read_text()
@@ -88,27 +72,16 @@ def test_a_client_that_stops_reading_is_hung_up_at_the_write_timeout_and_counted
 
 # -- close codes for protocol violations ----------------------------------------------------
 
-def _client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    n = len(payload)
-    mask_bit = 0x80 if masked else 0
-    head += bytes([mask_bit | n]) if n < 126 else bytes([mask_bit | 126]) + n.to_bytes(2, "big")
-    if not masked:
-        return head + payload
-    key = b"\x1f\x2e\x3d\x4c"
-    return head + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
-
-
 PING = b'{"op":"ping"}'
 VIOLATIONS = {
-    "text that is not UTF-8": (_client_frame(0x1, b'{"op":"ping","x":"\xff"}'), 1007),
-    "a reserved bit set": (_client_frame(0x1, PING, rsv=0x40), 1002),
-    "an unmasked frame": (_client_frame(0x1, PING, masked=False), 1002),
-    "an unknown opcode": (_client_frame(0x3, PING), 1002),
-    "a fragmented ping": (_client_frame(0x9, b"hi", fin=False), 1002),
-    "a ping over 125 bytes": (_client_frame(0x9, b"p" * 126), 1002),
-    "a fragmented text message": (_client_frame(0x1, PING, fin=False), 1003),
-    "a continuation frame first": (_client_frame(0x0, PING), 1003),
+    "text that is not UTF-8": (client_frame(0x1, b'{"op":"ping","x":"\xff"}'), 1007),
+    "a reserved bit set": (client_frame(0x1, PING, rsv=0x40), 1002),
+    "an unmasked frame": (client_frame(0x1, PING, masked=False), 1002),
+    "an unknown opcode": (client_frame(0x3, PING), 1002),
+    "a fragmented ping": (client_frame(0x9, b"hi", fin=False), 1002),
+    "a ping over 125 bytes": (client_frame(0x9, b"p" * 126), 1002),
+    "a fragmented text message": (client_frame(0x1, PING, fin=False), 1003),
+    "a continuation frame first": (client_frame(0x0, PING), 1003),
 }
 
 
@@ -121,7 +94,7 @@ def test_protocol_violations_close_with_their_codes_and_the_shard_serves_on(stac
         ws = websocket.create_connection(a.ws_url, timeout=15)
         ws.sock.sendall(frame)
         raw, end = _read_to_end(ws.sock, timeout_s=10)
-        codes[name] = [(op, int.from_bytes(data[:2], "big")) for op, data in _frames(raw)], end
+        codes[name] = [(op, int.from_bytes(data[:2], "big")) for op, data in server_frames(raw)], end
         ws.close()
     assert codes == {name: ([(0x8, code)], "eof") for name, (_, code) in VIOLATIONS.items()}
     wait_for(lambda: a.stats()["connections"] == 0, what="every violator released")

@@ -6,22 +6,21 @@ import base64
 import json
 import os
 import socket
+import struct
 import time
 from urllib.parse import urlparse
 
 import pytest
 
+from bench.procstat import mem_kib
 from tests.integration.helpers import WsClient, produce, producer, tick_payload, wait_for
+from tests.wsframes import client_frame, server_frames
 
 pytestmark = pytest.mark.integration
 
 
 def _masked_text(doc: dict) -> bytes:
-    """A client text frame (masked, payload under 126 bytes)."""
-    payload = json.dumps(doc).encode()
-    key = os.urandom(4)
-    return (bytes([0x81, 0x80 | len(payload)]) + key
-            + bytes(c ^ key[i % 4] for i, c in enumerate(payload)))
+    return client_frame(0x1, json.dumps(doc).encode())
 
 
 def _upgrade_request(url: str) -> bytes:
@@ -39,15 +38,11 @@ def _text_frames_until(sock: socket.socket, want: str, timeout_s: float = 10) ->
         raw += sock.recv(4096)
     head, raw = raw.split(b"\r\n\r\n", 1)
     assert head.startswith(b"HTTP/1.1 101"), head
-    docs: list[dict] = []
-    while not any(d.get("type") == want for d in docs):
-        while len(raw) < 2 or len(raw) < 2 + (raw[1] & 0x7F):
-            raw += sock.recv(4096)
-        n = raw[1] & 0x7F
-        assert n < 126 and raw[0] == 0x81, raw[:2]
-        docs.append(json.loads(raw[2:2 + n]))
-        raw = raw[2 + n:]
-    return docs
+    while True:
+        docs = [json.loads(p) for op, p in server_frames(raw) if op == 0x1]
+        if any(d.get("type") == want for d in docs):
+            return docs
+        raw += sock.recv(4096)
 
 
 def test_idle_clients_hold_no_greenlet_yet_get_every_tick(stack):
@@ -95,14 +90,11 @@ def test_a_subscribe_sent_with_the_upgrade_request_is_served(stack):
 
 
 def test_a_burst_of_500_pings_in_one_write_gets_500_pongs_in_order(stack):
-    """500 WebSocket pings sent in one write (read in several bursts, yielding to other clients
-    every 64 messages) are each answered by a pong with the same payload, in order."""
+    """500 WebSocket pings sent in one write (more than one read, and more than the 64 messages
+    after which a reader yields) are each answered by a pong with the same payload, in order."""
     a = stack.shard("A")
     client = WsClient(a.ws_url)
-    key = b"\x01\x02\x03\x04"
-    pings = b"".join(bytes([0x89, 0x80 | 3]) + key + bytes(c ^ key[i % 4] for i, c in enumerate(b"%03d" % n))
-                     for n in range(500))
-    client.ws.sock.sendall(pings)
+    client.ws.sock.sendall(b"".join(client_frame(0x9, b"%03d" % n) for n in range(500)))
     pongs = []
     while len(pongs) < 500:
         op, frame = client.ws.recv_data_frame(True)
@@ -110,3 +102,40 @@ def test_a_burst_of_500_pings_in_one_write_gets_500_pongs_in_order(stack):
         pongs.append(frame.data)
     assert pongs == [b"%03d" % n for n in range(500)]
     assert client.request({"op": "ping"})["type"] == "pong"
+
+
+def test_400_subscribed_clients_cost_the_shard_under_12_kib_each(stack):
+    """RSS per connection stays far below the 22-25 KiB a greenlet parked per client cost (about
+    6 KiB without one): 400 subscribed clients add under 12 KiB each to the shard's RSS."""
+    a = stack.shard("A")
+    warm = [WsClient(a.ws_url) for _ in range(20)]  # one-time allocations before the baseline
+    for c in warm:
+        c.subscribe("RSS-1")
+    before = mem_kib(a.proc.pid)["rss_kib"]
+    clients = [WsClient(a.ws_url) for _ in range(400)]
+    for c in clients:
+        c.subscribe("RSS-1")
+    wait_for(lambda: a.stats()["connections"] == 420, what="420 connections")
+    per_conn_kib = (mem_kib(a.proc.pid)["rss_kib"] - before) / 400
+    assert per_conn_kib < 12, per_conn_kib
+    assert clients[-1].request({"op": "ping"})["type"] == "pong"
+
+
+def test_clients_that_reset_or_hang_up_without_a_close_frame_are_released(stack):
+    """A client that resets its TCP connection is released; one that shuts its side without a close
+    frame gets a 1001 close frame, then EOF; the shard ends with only the healthy client left."""
+    a = stack.shard("A")
+    healthy = WsClient(a.ws_url)
+    resetter, leaver = WsClient(a.ws_url), WsClient(a.ws_url)
+    wait_for(lambda: a.stats()["connections"] == 3, what="3 connections")
+    resetter.ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    resetter.ws.sock.close()  # RST
+    leaver.ws.sock.shutdown(socket.SHUT_WR)  # FIN, no close frame
+    leaver.ws.sock.settimeout(10)
+    raw = b""
+    while chunk := leaver.ws.sock.recv(4096):
+        raw += chunk
+    assert server_frames(raw)[-1:] == [(0x8, (1001).to_bytes(2, "big"))]
+    wait_for(lambda: a.stats()["connections"] == 1, what="both released")
+    assert (a.stats()["readers_active"], a.stats()["writers_active"]) == (0, 0)
+    assert healthy.request({"op": "ping"})["type"] == "pong"

@@ -7,25 +7,7 @@ from hypothesis import strategies as st
 
 from shard.codes import Close
 from shard.wsread import FrameReader, PeerClose, Ping, Pong, Reject, Text, unmask
-
-KEY = b"\x1f\x2e\x3d\x4c"
-
-
-def frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, masked: bool = True,
-          key: bytes = KEY) -> bytes:
-    """A client frame as a browser would send it (masked unless told otherwise)."""
-    head = bytes([(0x80 if fin else 0) | rsv | opcode])
-    n = len(payload)
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head += bytes([bit | n])
-    elif n < 1 << 16:
-        head += bytes([bit | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([bit | 127]) + n.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    return head + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+from tests.wsframes import client_frame as frame
 
 
 def messages(reader: FrameReader) -> list:
